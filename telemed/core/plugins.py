@@ -1,0 +1,70 @@
+"""The contract between the host and a domain package.
+
+A domain (``referral``, ``imaging``, ``scheduling``) exposes a :class:`DomainPlugin` under the entry-point group
+``telemed.domains``; :func:`telemed.app.create_app` mounts what it hands over. The host never imports a domain.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    import click
+    from fastapi import APIRouter
+    from sqlalchemy import MetaData
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+ENTRY_POINT_GROUP: Final = "telemed.domains"
+
+log = logging.getLogger(__name__)
+
+#: A background service: started with the app, cancelled at shutdown; receives the running app's context.
+BackgroundService = Callable[[Any], Awaitable[None]]
+#: A demo seeder: given a session and a deterministic seed, fills the domain's demo data (idempotently).
+DemoSeeder = Callable[["AsyncSession", int], Awaitable[None]]
+#: An event handler: receives the event envelope (name, id, payload); must be idempotent.
+EventHandler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class NavLink:
+    """A link a domain adds to the web shell's home page for the given roles."""
+
+    href: str
+    label_zh: str
+    label_en: str
+    roles: frozenset[str]
+
+
+@dataclass(frozen=True)
+class DomainPlugin:
+    name: str
+    title_zh: str
+    title_en: str
+    routers: Sequence[APIRouter] = ()
+    event_handlers: dict[str, Sequence[EventHandler]] = field(default_factory=dict)
+    background_services: Sequence[BackgroundService] = ()
+    cli_commands: Sequence[click.Command] = ()
+    demo_seeders: Sequence[DemoSeeder] = ()
+    nav_links: Sequence[NavLink] = ()
+    metadata: MetaData | None = None
+
+
+def discover_domains(enabled: Iterable[str] | None = None, disabled: Iterable[str] = ()) -> list[DomainPlugin]:
+    """Load the installed domains, in name order; ``enabled`` (when given) and ``disabled`` filter by name."""
+    wanted = set(enabled) if enabled is not None else None
+    unwanted = set(disabled)
+    plugins: list[DomainPlugin] = []
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        if ep.name in unwanted or (wanted is not None and ep.name not in wanted):
+            log.info("domain left out", extra={"domain": ep.name})
+            continue
+        plugin = ep.load()
+        if not isinstance(plugin, DomainPlugin):
+            raise TypeError(f"entry point {ep.name!r} does not name a DomainPlugin")
+        plugins.append(plugin)
+    return plugins
