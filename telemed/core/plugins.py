@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 BackgroundService = Callable[[Any], Awaitable[None]]
 #: A demo seeder: given a session and a deterministic seed, fills the domain's demo data (idempotently).
 DemoSeeder = Callable[["AsyncSession", int], Awaitable[None]]
-#: An event handler: receives the event envelope (name, id, payload); must be idempotent.
-EventHandler = Callable[[dict[str, Any]], Awaitable[None]]
+#: An event handler: receives the app context and the event envelope (name, id, payload); must be idempotent.
+EventHandler = Callable[[Any, dict[str, Any]], Awaitable[None]]
 
 
 @dataclass(frozen=True)

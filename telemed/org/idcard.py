@@ -29,7 +29,7 @@ PROVINCE_CODES: Final = frozenset(
 class IdNumberProblem(StrEnum):
     """Why a resident ID number is refused; each value is a stable reason code for API clients."""
 
-    format = "id_number.format"
+    shape = "id_number.format"
     province = "id_number.province"
     birth_date = "id_number.birth_date"
     checksum = "id_number.checksum"
@@ -67,7 +67,7 @@ def normalize_id_number(raw: str) -> str:
 def parse_id_number(raw: str, *, today: dt.date | None = None) -> ResidentId:
     number = normalize_id_number(raw)
     if not _SHAPE.match(number):
-        raise InvalidIdNumber(IdNumberProblem.format)
+        raise InvalidIdNumber(IdNumberProblem.shape)
     if number[:2] not in PROVINCE_CODES:
         raise InvalidIdNumber(IdNumberProblem.province)
     try:

@@ -1,0 +1,76 @@
+"""FastAPI dependency aliases: ``Ctx``, ``UoW``, ``CurrentPrincipal``, ``require_roles``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import OAuth2PasswordBearer
+
+from telemed.core.audit import AuditActor
+from telemed.core.auth import Principal, Role, resolve_principal
+from telemed.core.context import AppContext
+from telemed.core.errors import Forbidden, Unauthenticated
+from telemed.core.uow import UnitOfWork
+
+bearer_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
+
+
+def get_ctx(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+Ctx = Annotated[AppContext, Depends(get_ctx)]
+
+
+async def get_optional_principal(ctx: Ctx, token: Annotated[str | None, Depends(bearer_scheme)]) -> Principal | None:
+    if not token:
+        return None
+    async with ctx.db.session() as session:
+        return await resolve_principal(session, ctx.signer, ctx.settings, token)
+
+
+async def get_principal(principal: Annotated[Principal | None, Depends(get_optional_principal)]) -> Principal:
+    if principal is None:
+        raise Unauthenticated()
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+def require_roles(*roles: Role) -> Callable[[Principal], Coroutine[Any, Any, Principal]]:
+    allowed = frozenset(roles)
+
+    async def check(principal: CurrentPrincipal) -> Principal:
+        if principal.role not in allowed:
+            raise Forbidden()
+        return principal
+
+    return check
+
+
+def client_ip(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+async def get_uow(
+    request: Request, ctx: Ctx, principal: Annotated[Principal | None, Depends(get_optional_principal)]
+) -> AsyncIterator[UnitOfWork]:
+    actor = AuditActor(
+        user_id=str(principal.user_id) if principal else None,
+        role=principal.role.value if principal else None,
+        facility_id=str(principal.facility_id) if principal and principal.facility_id else None,
+        source_ip=client_ip(request),
+        request_id=getattr(request.state, "request_id", None),
+    )
+    async with UnitOfWork(ctx, ctx.db.session(), actor) as uow:
+        yield uow
+        if not uow._committed:
+            await uow.commit()
+
+
+#: Function scope: the unit of work commits when the endpoint returns, before the response is sent.
+UoW = Annotated[UnitOfWork, Depends(get_uow, scope="function")]
