@@ -177,19 +177,20 @@ async def sign_in(
         candidate_hash = account.password_hash if account is not None else DUMMY_HASH
     # The slow hash runs outside the transaction so that a queue of sign-ins does not hold the write lock.
     valid = verify_password(candidate_hash, password)
-    async with sessions.begin():
-        if account is None:
-            if exists and await _is_locked(sessions, username):
-                raise AccountLocked()
-            raise BadCredentials()
-        if not valid:
-            if account.failed_attempts >= settings.lockout_threshold:
+    if account is None:
+        async with sessions.begin():
+            locked = exists and await _is_locked(sessions, username)
+        raise AccountLocked() if locked else BadCredentials()
+    if not valid:
+        if account.failed_attempts >= settings.lockout_threshold:
+            async with sessions.begin():
                 await sessions.execute(
                     update(UserAccount)
                     .where(UserAccount.id == account.id)
                     .values(locked_until=utcnow() + dt.timedelta(minutes=settings.lockout_minutes))
                 )
-            raise BadCredentials()
+        raise BadCredentials()
+    async with sessions.begin():
         await sessions.execute(
             update(UserAccount).where(UserAccount.id == account.id).values(failed_attempts=0, locked_until=None)
         )
@@ -288,7 +289,7 @@ async def resolve_principal(
         ).one_or_none()
         if row is None:
             raise SessionEnded()
-        auth_session, account = row.tuple()
+        auth_session, account = row
         idle = now - auth_session.last_seen_at > _idle_limit(settings)
         if auth_session.revoked_at is not None or account.disabled or idle:
             raise SessionEnded()

@@ -17,6 +17,9 @@ from typing import Any, Final
 _ID_NUMBER: Final = re.compile(r"(?<!\d)\d{17}[\dXx](?!\d)")
 _PHONE: Final = re.compile(r"(?<!\d)1[3-9]\d{9}(?!\d)")
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f\x1b]")
+#: Libraries whose debug output echoes SQL parameters or URLs, i.e. patient data: never below WARNING.
+QUIET_LOGGERS: Final = ("aiosqlite", "sqlalchemy.engine", "sqlalchemy.pool", "asyncpg", "httpx", "httpcore",
+                        "websockets", "multipart", "python_multipart")  # fmt: skip
 _STANDARD_ATTRS: Final = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
 
@@ -67,6 +70,8 @@ def configure_logging(level: str = "INFO", *, json_lines: bool = True) -> None:
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     # Our own access log names the route template, never the raw path or query string.
     for name in ("uvicorn.access",):
         logging.getLogger(name).disabled = True

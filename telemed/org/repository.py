@@ -54,7 +54,7 @@ async def get_patient_in_scope(
     row = (await session.execute(scoped_patients(scope).where(Patient.id == patient_id))).one_or_none()
     if row is None:
         return None
-    patient, facility = row.tuple()
+    patient, facility = row
     return patient, facility
 
 

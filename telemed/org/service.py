@@ -205,7 +205,8 @@ async def search_patients(uow: UnitOfWork, *, principal: Principal, criteria: Pa
         phone = criteria.phone.replace(" ", "").replace("-", "")
         query = query.where(Patient.phone_bidx == cipher.blind_index(phone, purpose=PHONE_INDEX))
         used.append("phone")
-    rows = [r.tuple() for r in (await uow.session.execute(query.order_by(Patient.name).limit(criteria.limit))).all()]
+    result = await uow.session.execute(query.order_by(Patient.name).limit(criteria.limit))
+    rows = [(patient, facility) for patient, facility in result.all()]
     _audit_query(uow, rows, used)
     return [_read(uow, p, f) for p, f in rows]
 

@@ -1,0 +1,195 @@
+"""The audit trail: append-only, tamper-evident (changed, removed, truncated), queryable by admins, and
+fail-closed (no audit record, no patient data)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
+
+from telemed.core.audit import CHECKPOINT_PREFIX, AuditRecord, read_checkpoint, verify_chain
+from telemed.core.config import Settings
+from telemed.org.idcard import make_id_number
+from tests.conftest import Community, register
+
+
+@pytest.fixture(autouse=True)
+async def _restore_guards(app: FastAPI) -> AsyncIterator[None]:
+    """PostgreSQL keeps triggers across tests (only the rows are truncated): undo what a test tampered with."""
+    yield
+    if app.state.ctx.db.is_sqlite:
+        return  # every SQLite test starts from a fresh copy of the migrated file
+    async with app.state.ctx.db.session() as session, session.begin():
+        await session.execute(text("DROP TRIGGER IF EXISTS audit_event_broken ON audit_event"))
+        await session.execute(text("DROP FUNCTION IF EXISTS audit_broken()"))
+        await session.execute(text("ALTER TABLE audit_event ENABLE TRIGGER audit_event_append_only"))
+
+
+async def _make_trail(client: httpx.AsyncClient, community: Community, n: int = 4) -> list[str]:
+    headers = await community.login(client, "vd_a1")
+    ids = []
+    for i in range(n):
+        response = await register(client, headers, make_id_number("331121", dt.date(1960, 1, 1 + i), 100 + i))
+        ids.append(response.json()["id"])
+        await client.get(f"/api/v1/patients/{ids[-1]}", headers=headers)
+    return ids
+
+
+async def _verify(app: FastAPI) -> tuple[bool, int | None, list[str]]:
+    ctx = app.state.ctx
+    checkpoints = []
+    async for key in ctx.storage.list(CHECKPOINT_PREFIX):
+        parsed = read_checkpoint(ctx.audit_key, await ctx.storage.get(key))
+        assert parsed is not None
+        checkpoints.append(parsed)
+    async with ctx.db.read_session() as session:
+        report = await verify_chain(session, ctx.audit_key, checkpoints)
+    return report.ok, report.first_bad_seq, report.problems
+
+
+async def _drop_append_only_guard(app: FastAPI) -> None:
+    """What an attacker with database superuser rights would do first."""
+    async with app.state.ctx.db.session() as session, session.begin():
+        if app.state.ctx.db.is_sqlite:
+            await session.execute(text("DROP TRIGGER audit_event_no_update"))
+            await session.execute(text("DROP TRIGGER audit_event_no_delete"))
+        else:
+            await session.execute(text("ALTER TABLE audit_event DISABLE TRIGGER audit_event_append_only"))
+
+
+async def test_intact_trail_verifies(app: FastAPI, client: httpx.AsyncClient, community: Community) -> None:
+    await _make_trail(client, community)
+    ok, _first_bad, problems = await _verify(app)
+    assert ok, problems
+
+
+async def test_audit_rows_cannot_be_updated_or_deleted(
+    app: FastAPI, client: httpx.AsyncClient, community: Community
+) -> None:
+    await _make_trail(client, community, n=1)
+    for statement in ("UPDATE audit_event SET outcome = 'denied'", "DELETE FROM audit_event"):
+        with pytest.raises(DBAPIError, match="append-only"):
+            async with app.state.ctx.db.session() as session, session.begin():
+                await session.execute(text(statement))
+
+
+async def test_changed_record_is_detected(app: FastAPI, client: httpx.AsyncClient, community: Community) -> None:
+    await _make_trail(client, community)
+    await _drop_append_only_guard(app)
+    async with app.state.ctx.db.session() as session, session.begin():
+        await session.execute(text("UPDATE audit_event SET actor_user_id = 'someone-else' WHERE seq = 3"))
+    ok, first_bad, problems = await _verify(app)
+    assert not ok
+    assert first_bad == 3
+    assert any("altered" in p for p in problems)
+
+
+async def test_removed_record_is_detected(app: FastAPI, client: httpx.AsyncClient, community: Community) -> None:
+    await _make_trail(client, community)
+    await _drop_append_only_guard(app)
+    async with app.state.ctx.db.session() as session, session.begin():
+        await session.execute(text("DELETE FROM audit_event WHERE seq = 2"))
+    ok, first_bad, _ = await _verify(app)
+    assert not ok
+    assert first_bad == 2
+
+
+async def test_truncated_tail_is_detected_even_with_the_head_rewritten(
+    app: FastAPI, client: httpx.AsyncClient, community: Community
+) -> None:
+    await _make_trail(client, community, n=4)  # 8+ records: a signed checkpoint exists at 5 (every 5 in tests)
+    await _drop_append_only_guard(app)
+    async with app.state.ctx.db.session() as session, session.begin():
+        keep = (await session.scalars(select(AuditRecord).where(AuditRecord.seq == 3))).one()
+        await session.execute(text("DELETE FROM audit_event WHERE seq > 3"))
+        await session.execute(text("UPDATE audit_head SET last_seq = 3, last_hash = :h"), {"h": keep.hash})
+    ok, _, problems = await _verify(app)
+    assert not ok
+    assert any("truncated" in p for p in problems)
+
+
+async def test_audit_verify_command_detects_a_record_changed_in_the_database(
+    app: FastAPI, client: httpx.AsyncClient, community: Community, settings: Settings
+) -> None:
+    await _make_trail(client, community, n=2)
+    env = {**os.environ, "TELEMED_DATABASE_URL": settings.resolved_database_url,
+           "TELEMED_DATA_DIR": str(settings.data_dir), "TELEMED_LOG_JSON": "false"}  # fmt: skip
+    telemed = [sys.executable, "-m", "telemed"]
+    intact = await asyncio.to_thread(
+        subprocess.run, [*telemed, "audit", "verify"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert intact.returncode == 0, intact.stderr
+    assert "intact" in intact.stdout
+    await _drop_append_only_guard(app)
+    async with app.state.ctx.db.session() as session, session.begin():
+        await session.execute(text("UPDATE audit_event SET purpose = 'marketing' WHERE seq = 2"))
+    damaged = await asyncio.to_thread(
+        subprocess.run, [*telemed, "audit", "verify"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert damaged.returncode == 1
+    assert "record 2 was altered" in damaged.stderr
+
+
+async def test_reads_fail_closed_when_the_audit_cannot_be_written(
+    app: FastAPI, client: httpx.AsyncClient, community: Community
+) -> None:
+    headers = await community.login(client, "vd_a1")
+    pid = (await register(client, headers, make_id_number("331121", dt.date(1970, 5, 5), 321))).json()["id"]
+    async with app.state.ctx.db.session() as session, session.begin():
+        if app.state.ctx.db.is_sqlite:
+            await session.execute(text(
+                "CREATE TRIGGER audit_event_broken BEFORE INSERT ON audit_event "
+                "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+            ))  # fmt: skip
+        else:
+            await session.execute(text(
+                "CREATE FUNCTION audit_broken() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                "BEGIN RAISE EXCEPTION 'disk full'; END $$"
+            ))  # fmt: skip
+            await session.execute(text(
+                "CREATE TRIGGER audit_event_broken BEFORE INSERT ON audit_event "
+                "FOR EACH ROW EXECUTE FUNCTION audit_broken()"
+            ))  # fmt: skip
+    read = await client.get(f"/api/v1/patients/{pid}", headers=headers)
+    assert read.status_code == 503
+    assert read.headers["content-type"] == "application/problem+json"
+    assert read.json()["code"] == "audit_unavailable"
+    assert "王小明" not in read.text
+    assert pid not in read.text.replace(f"/api/v1/patients/{pid}", "")
+    listing = await client.get("/api/v1/patients", headers=headers)
+    assert listing.status_code == 503
+    assert "王小明" not in listing.text
+
+
+async def test_admin_queries_the_trail_by_patient(
+    app: FastAPI, client: httpx.AsyncClient, community: Community
+) -> None:
+    ids = await _make_trail(client, community, n=2)
+    admin = await community.login(client, "admin")
+    response = await client.get("/api/v1/audit", params={"patient_ref": ids[0]}, headers=admin)
+    assert response.status_code == 200
+    records = response.json()
+    assert [r["action"] for r in records] == ["R", "C"]  # newest first
+    assert all(r["actor_user_id"] == str(community.users["vd_a1"]) for r in records)
+    assert all(r["ts"].endswith("Z") or "+00:00" in r["ts"] for r in records)
+    doctor = await community.login(client, "vd_a1")
+    assert (await client.get("/api/v1/audit", headers=doctor)).status_code == 403
+    assert (await client.get("/api/v1/audit", headers=await community.login(client, "analyst"))).status_code == 403
+
+
+def test_checkpoints_are_signed(tmp_path: Path) -> None:
+    from telemed.core.audit import checkpoint_document
+
+    doc = checkpoint_document(b"k" * 32, 10, "ab" * 32)
+    assert read_checkpoint(b"k" * 32, doc) == (10, "ab" * 32)
+    assert read_checkpoint(b"x" * 32, doc) is None
