@@ -1,13 +1,165 @@
-"""Web shell (placeholder until the pages land)."""
+"""The web shell: sign-in, a home page per role, patients and the registry, in zh-CN first and English.
+
+Pages are plain server-rendered templates that carry no patient data and no identity: the browser holds the
+bearer token in sessionStorage and fetches everything through the API, so what a user may see is decided by the
+API's role and facility checks, never by which page they open. Every asset is served by the app itself (village
+clinics may have no route to a CDN), and a strict Content-Security-Policy allows nothing but this origin.
+"""
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
 
-from telemed.core.plugins import DomainPlugin
+from telemed.core.auth import CLINICAL_ROLES, Role
+from telemed.core.plugins import DomainPlugin, NavLink
+
+WEB_DIR: Final = Path(__file__).parent
+STATIC_DIR: Final = WEB_DIR / "static"
+TEMPLATES_DIR: Final = WEB_DIR / "templates"
+
+LANGUAGES: Final = ("zh-CN", "en")
+DEFAULT_LANGUAGE: Final = "zh-CN"
+#: The cookie the language switch sets; the API's problem documents honour it too (telemed.core.errors).
+LANGUAGE_COOKIE: Final = "lang"
+
+#: Only this origin, for everything. No inline script or style: scripts live in /static/js and data reaches
+#: them through ``<script type="application/json">`` blocks, which are never executed. ``'self'`` covers the
+#: same-origin ``ws:``/``wss:`` notification socket (CSP Level 3).
+CONTENT_SECURITY_POLICY: Final = "; ".join(
+    (
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self'",
+        "font-src 'self'",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'self'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    )
+)
+
+PAGE_HEADERS: Final = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    # The HTML depends on the language cookie only; it holds no user data, but must not be served stale.
+    "Cache-Control": "no-cache",
+    "Vary": "Cookie",
+}
+
+CLINICAL_ROLE_NAMES: Final = tuple(sorted(role.value for role in CLINICAL_ROLES))
+
+
+@functools.cache
+def load_messages(lang: str) -> dict[str, str]:
+    """The UI texts of one language, from the same JSON file the browser loads when the user switches."""
+    if lang not in LANGUAGES:
+        raise ValueError(f"unsupported language {lang!r}")
+    messages: dict[str, str] = json.loads((STATIC_DIR / "i18n" / f"{lang}.json").read_text(encoding="utf-8"))
+    return messages
+
+
+def page_language(request: Request) -> str:
+    """zh-CN unless the user chose English with the switch (the ``lang`` cookie).
+
+    The browser's Accept-Language is deliberately not consulted: our users are Chinese-speaking clinicians on
+    whatever device the clinic has, often one set to English, and the product speaks Chinese first.
+    """
+    chosen = request.cookies.get(LANGUAGE_COOKIE, "")
+    return chosen if chosen in LANGUAGES else DEFAULT_LANGUAGE
+
+
+def nav_link_data(domains: Sequence[DomainPlugin]) -> list[dict[str, Any]]:
+    """The links the domains add to the home page, as the page's JSON data (filtered by role in the browser)."""
+    links: list[dict[str, Any]] = []
+    for domain in domains:
+        for link in domain.nav_links:
+            _check_nav_link(domain, link)
+            links.append(
+                {
+                    "href": link.href,
+                    "label_zh": link.label_zh,
+                    "label_en": link.label_en,
+                    "roles": sorted(link.roles),
+                    "domain": domain.name,
+                }
+            )
+    return links
+
+
+def _check_nav_link(domain: DomainPlugin, link: NavLink) -> None:
+    # A link leaving the app would break the offline promise (and could send a clinician to a look-alike site).
+    if not link.href.startswith("/") or link.href.startswith("//"):
+        raise ValueError(f"domain {domain.name!r}: nav link {link.href!r} must be a path on this site")
+    unknown = set(link.roles) - {role.value for role in Role}
+    if unknown:
+        raise ValueError(f"domain {domain.name!r}: nav link {link.href!r} names unknown roles {sorted(unknown)}")
 
 
 def mount_web(app: FastAPI, domains: Sequence[DomainPlugin]) -> None:
-    return None
+    """Serve /static and the pages: ``/``, ``/login``, ``/home``, ``/patients``, ``/admin/registry``."""
+    templates = Jinja2Templates(directory=TEMPLATES_DIR)
+    nav_links = nav_link_data(domains)
+    for lang in LANGUAGES:
+        load_messages(lang)  # a broken translation file fails at start-up, not on the first page view
+
+    def render(request: Request, template: str, *, page: str, title_key: str, **context: Any) -> Response:
+        lang = page_language(request)
+        messages = load_messages(lang)
+
+        def t(key: str, **values: object) -> str:
+            text = messages.get(key, key)
+            for name, value in values.items():
+                text = text.replace("{" + name + "}", str(value))
+            return text
+
+        return templates.TemplateResponse(
+            request,
+            template,
+            {
+                "lang": lang,
+                "t": t,
+                "messages": messages,
+                "page": page,
+                "title_key": title_key,
+                "clinical_roles": " ".join(CLINICAL_ROLE_NAMES),
+                **context,
+            },
+            headers=PAGE_HEADERS,
+        )
+
+    router = APIRouter(include_in_schema=False)
+
+    @router.get("/")
+    async def root() -> RedirectResponse:
+        # The login page's script sends a browser that still holds a session on to /home.
+        return RedirectResponse("/login", status_code=303)
+
+    @router.get("/login", response_class=HTMLResponse)
+    async def login_page(request: Request) -> Response:
+        return render(request, "login.html", page="login", title_key="page.login")
+
+    @router.get("/home", response_class=HTMLResponse)
+    async def home_page(request: Request) -> Response:
+        return render(request, "home.html", page="home", title_key="page.home", nav_links=nav_links)
+
+    @router.get("/patients", response_class=HTMLResponse)
+    async def patients_page(request: Request) -> Response:
+        return render(request, "patients.html", page="patients", title_key="page.patients")
+
+    @router.get("/admin/registry", response_class=HTMLResponse)
+    async def registry_page(request: Request) -> Response:
+        roles = [role.value for role in Role]
+        return render(request, "registry.html", page="registry", title_key="page.registry", roles=roles)
+
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -1,0 +1,1 @@
+"""The web shell: pages over HTTP, and the same pages driven in headless Chromium."""
