@@ -80,6 +80,8 @@ def create_app(
         title="县域医共体远程医疗与转诊平台 · County telemedicine and referral platform",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served below from packaged assets: FastAPI's default loads Swagger UI from a CDN
+        redoc_url=None,
     )
     app.state.ctx = ctx
     app.state.hub = hub
@@ -97,5 +99,26 @@ def create_app(
     async def list_domains() -> list[dict[str, str]]:
         return [{"name": d.name, "title_zh": d.title_zh, "title_en": d.title_en} for d in domains]
 
+    mount_api_docs(app)
     mount_web(app, domains)
     return app
+
+
+def mount_api_docs(app: FastAPI) -> None:
+    """Swagger UI at ``/docs`` with every asset served by the app (the county network may have no internet)."""
+    import swagger_ui_bundle
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def api_docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="API · 县域医共体平台",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )

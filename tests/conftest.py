@@ -25,7 +25,7 @@ from sqlalchemy import text
 
 from telemed.app import create_app
 from telemed.core.auth import Role, UserAccount
-from telemed.core.config import Settings
+from telemed.core.config import Environment, Settings
 from telemed.core.db import Database
 from telemed.core.schema import target_metadata, upgrade
 from telemed.core.security import hash_password
@@ -104,7 +104,7 @@ def database_url(tmp_path: Path, sqlite_template: Path, postgres_migrated: str |
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
     return Settings(
-        environment="test",
+        environment=Environment.test,
         data_dir=tmp_path / "data",
         database_url=database_url,
         redis_url=None,

@@ -205,6 +205,11 @@ VALIDATION_MESSAGES_ZH: dict[str, str] = {}
 VALIDATION_MESSAGES_EN: dict[str, str] = {}
 
 
+def field_error(field: str, code: str) -> FieldError:
+    """A field error whose texts come from the registered messages of ``code``."""
+    return FieldError(field, code, VALIDATION_MESSAGES_ZH.get(code, "取值无效"), VALIDATION_MESSAGES_EN.get(code, code))
+
+
 def register_validation_messages(messages: dict[str, tuple[str, str]]) -> None:
     """Register zh-CN and English texts for validator reason codes, e.g. ``{"id_number.checksum": (zh, en)}``."""
     for code, (zh, en) in messages.items():

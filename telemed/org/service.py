@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from telemed.core.audit import AuditAction, AuditEntry, AuditOutcome
 from telemed.core.auth import Principal, Role, UserAccount, revoke_all_sessions
-from telemed.core.errors import FieldError, Forbidden, InvalidInput
+from telemed.core.errors import Conflict, FieldError, Forbidden, InvalidInput, field_error
 from telemed.core.security import hash_password, password_problems
 from telemed.core.uow import UnitOfWork
 from telemed.org import events, repository
@@ -271,7 +271,7 @@ async def create_staff(uow: UnitOfWork, *, principal: Principal, data: StaffCrea
     password = data.password.get_secret_value()
     problems = password_problems(password, data.username)
     if problems:
-        raise InvalidInput(errors=[FieldError("password", code, "", code) for code in problems])
+        raise InvalidInput(errors=[field_error("password", code) for code in problems])
     if data.role is not Role.bureau_analyst and data.facility_id is None:
         raise InvalidInput(errors=[FieldError("facility_id", "missing", "必填项", "Required for this role")])
     if data.facility_id is not None and await uow.session.get(Facility, data.facility_id) is None:
@@ -303,6 +303,8 @@ async def set_staff_disabled(
     uow: UnitOfWork, *, principal: Principal, user_id: uuid.UUID, disabled: bool
 ) -> UserAccount:
     _admin_only(principal)
+    if disabled and user_id == principal.user_id:
+        raise Conflict("不能停用自己的账户", "You cannot disable your own account")
     account = await uow.session.get(UserAccount, user_id)
     if account is None:
         raise UnknownReference("user_id")

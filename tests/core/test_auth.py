@@ -165,3 +165,10 @@ async def test_admin_creates_staff_with_policy_checked(client: httpx.AsyncClient
     assert (await _token(client, "newdoc", "Strong-Passw0rd-1")).status_code == 200
     doctor = await community.login(client, "vd_a1")
     assert (await client.post("/api/v1/staff", json=body, headers=doctor)).status_code == 403
+
+
+async def test_admin_cannot_disable_themselves(client: httpx.AsyncClient, community: Community) -> None:
+    admin = await community.login(client, "admin")
+    response = await client.post(f"/api/v1/staff/{community.users['admin']}/disable", headers=admin)
+    assert response.status_code == 409
+    assert (await client.get("/api/v1/me", headers=admin)).status_code == 200

@@ -94,3 +94,13 @@ def test_import_linter_fails_when_the_host_imports_a_domain(tmp_path: Path, doma
     result = _lint_imports(tmp_path)
     assert result.returncode != 0
     assert "BROKEN" in result.stdout
+
+
+async def test_api_docs_need_no_internet(client: httpx.AsyncClient) -> None:
+    page = await client.get("/docs")
+    assert page.status_code == 200
+    assert "https://" not in page.text
+    assert "http://" not in page.text
+    for asset in ("/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css"):
+        assert (await client.get(asset)).status_code == 200
+    assert (await client.get("/openapi.json")).json()["info"]["title"].startswith("县域医共体")
