@@ -89,3 +89,26 @@ def test_demo_is_idempotent_and_deterministic(tmp_path: Path) -> None:
     assert "50 名患者 patients" in first
     assert "50 名患者 patients" in second
     assert first.splitlines()[2:] == second.splitlines()[2:]  # same logins
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+async def test_the_printed_village_doctor_signs_in_in_the_browser(demo: Demo) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    from tests.web.test_browser import CHROMIUM, CHROMIUM_ARGS
+
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: apt-get install -y chromium"
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = await (await browser.new_context(base_url=demo.url)).new_page()
+            await page.goto("/login")
+            await page.get_by_label("用户名", exact=True).fill(demo.username)
+            await page.get_by_label("密码", exact=True).fill(demo.password)
+            await page.get_by_role("button", name="登录").click()
+            await page.wait_for_url("**/home")
+            await expect(page.locator("#me-role")).to_have_text("村医")
+            await expect(page.locator("#me-facility")).to_contain_text("卫生室")
+        finally:
+            await browser.close()
