@@ -68,7 +68,7 @@ async def get_uow(
     )
     async with UnitOfWork(ctx, ctx.db.session(), actor) as uow:
         yield uow
-        if not uow._committed:
+        if not uow.committed:
             await uow.commit()
 
 

@@ -38,6 +38,8 @@ STREAM_KEY: Final = "telemed:events"
 HANDLER_GROUP: Final = "telemed-handlers"
 STREAM_MAXLEN: Final = 100_000
 CLAIM_TIMEOUT: Final = dt.timedelta(seconds=30)
+RECLAIM_EVERY_SECONDS: Final = 30.0
+RECLAIM_IDLE_MS: Final = 60_000
 
 Envelope = dict[str, Any]
 Handler = Callable[[Envelope], Awaitable[None]]
@@ -230,8 +232,17 @@ class RedisStreamBus:
 
     async def _handler_loop(self) -> None:
         pending_first = "0"  # after a restart, first finish what this consumer had claimed
+        next_reclaim = 0.0
         while True:
             try:
+                now = asyncio.get_running_loop().time()
+                if now >= next_reclaim:
+                    # Entries a dead worker read but never acknowledged are taken over after a minute.
+                    next_reclaim = now + RECLAIM_EVERY_SECONDS
+                    reclaimed = await self.redis.xautoclaim(
+                        STREAM_KEY, HANDLER_GROUP, self.consumer, min_idle_time=RECLAIM_IDLE_MS, count=100
+                    )
+                    await self._handle_entries(reclaimed[1] if reclaimed else [])
                 batches = await self.redis.xreadgroup(
                     HANDLER_GROUP, self.consumer, {STREAM_KEY: pending_first or ">"}, count=50, block=1000
                 )
@@ -245,9 +256,15 @@ class RedisStreamBus:
                 pending_first = ""
                 continue
             for _stream, entries in batches or []:
-                for entry_id, fields in entries:
-                    if await self.dispatcher.handle(json.loads(fields[b"e"])):
-                        await self.redis.xack(STREAM_KEY, HANDLER_GROUP, entry_id)
+                await self._handle_entries(entries)
+
+    async def _handle_entries(self, entries: list[Any]) -> None:
+        for entry_id, fields in entries:
+            if fields is None:  # trimmed from the stream while pending
+                await self.redis.xack(STREAM_KEY, HANDLER_GROUP, entry_id)
+                continue
+            if await self.dispatcher.handle(json.loads(fields[b"e"])):
+                await self.redis.xack(STREAM_KEY, HANDLER_GROUP, entry_id)
 
 
 class OutboxRelay:

@@ -46,6 +46,10 @@ class UnitOfWork:
         self.audit_entries: list[AuditEntry] = []
         self._committed = False
 
+    @property
+    def committed(self) -> bool:
+        return self._committed
+
     def record(self, event: DomainEvent) -> None:
         self.events.append(event)
 

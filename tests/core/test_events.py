@@ -168,3 +168,41 @@ def test_event_ids_are_uuids() -> None:
     from telemed.core.events import DomainEvent
 
     assert isinstance(DomainEvent("x.happened").id, uuid.UUID)
+
+
+@pytest.mark.redis
+async def test_entries_a_dead_worker_never_acknowledged_are_handled_by_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from telemed.core import events as events_module
+    from telemed.core.events import HANDLER_GROUP, STREAM_KEY, Dispatcher, RedisStreamBus
+
+    assert TEST_REDIS_URL
+    monkeypatch.setattr(events_module, "RECLAIM_IDLE_MS", 0)
+    handled: list[str] = []
+    dispatcher = Dispatcher()
+
+    async def handler(envelope: dict[str, object]) -> None:
+        handled.append(str(envelope["id"]))
+
+    dispatcher.subscribe("test.orphaned", handler)
+    bus = RedisStreamBus(dispatcher, TEST_REDIS_URL)
+    await bus.start()  # creates the group
+    await bus.stop()
+    publisher = RedisStreamBus(Dispatcher(), TEST_REDIS_URL)
+    event_id = str(uuid.uuid4())
+    await publisher.publish({"id": event_id, "name": "test.orphaned", "payload": {}, "audience": {}})
+    # A worker reads the entry for its handlers and dies before acknowledging it.
+    await publisher.redis.xreadgroup(HANDLER_GROUP, "dead-worker", {STREAM_KEY: ">"}, count=1000)
+    await publisher.redis.aclose()
+
+    survivor = RedisStreamBus(dispatcher, TEST_REDIS_URL)
+    await survivor.start()
+    try:
+        await _wait_for(lambda: _contains(handled, event_id))
+    finally:
+        await survivor.stop()
+
+
+async def _contains(items: list[str], item: str) -> bool:
+    return item in items
