@@ -104,3 +104,15 @@ async def test_api_docs_need_no_internet(client: httpx.AsyncClient) -> None:
     for asset in ("/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css"):
         assert (await client.get(asset)).status_code == 200
     assert (await client.get("/openapi.json")).json()["info"]["title"].startswith("县域医共体")
+
+
+@pytest.mark.redis
+async def test_readyz_checks_redis_when_it_is_configured(settings: Settings) -> None:
+    from tests.conftest import TEST_REDIS_URL
+
+    app = create_app(settings.model_copy(update={"redis_url": TEST_REDIS_URL}), configure_logs=False)
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        ready = await http.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"database": "ok", "redis": "ok"}
