@@ -102,4 +102,8 @@ def storage_from_url(url: str) -> BlobStorage:
     parsed = urlparse(url)
     if parsed.scheme == "file":
         return FileStorage(Path(unquote(parsed.path)))
+    if parsed.scheme == "s3":
+        from telemed.core.s3storage import S3Storage  # boto3 loads only when object storage is configured
+
+        return S3Storage.from_url(url)
     raise ValueError(f"unsupported storage URL scheme: {parsed.scheme!r}")
