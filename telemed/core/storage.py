@@ -33,8 +33,9 @@ class BlobStorage(Protocol):
 
 
 def check_key(key: str) -> str:
+    """Keys are relative slash paths; no segment may be empty or start with a dot (temporary files do)."""
     parts = key.split("/")
-    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in key or "\0" in key:
+    if not key or any(p == "" or p.startswith(".") for p in parts) or "\\" in key or "\0" in key:
         raise InvalidBlobKey("invalid blob key")
     return key
 

@@ -41,7 +41,7 @@ sys.stdin.read()
 server.stop()
 """
 
-BAD_KEYS = ["", "/abs", "a//b", "a/../b", "..", "./a", "a/./b", "a\\b", "a\0b", "trailing/"]
+BAD_KEYS = ["", "/abs", "a//b", "a/../b", "..", "./a", "a/./b", "a\\b", "a\0b", "trailing/", "a/.hidden"]
 
 
 @pytest.fixture(scope="module")
