@@ -63,16 +63,20 @@ class UnitOfWork:
             self.session.add(to_outbox(event))
         records: list[AuditRecord] = []
         try:
+            # The domain's own changes go first, so that their errors (a lost uniqueness race, say) surface as
+            # themselves and only a failure of the audit append itself is reported as the audit failing.
+            await self.session.flush()
             if entries:
-                records = await append_audit(
-                    self.session, self.ctx.audit_key, self.actor, entries, lock=not self.ctx.db.is_sqlite
-                )
+                try:
+                    records = await append_audit(
+                        self.session, self.ctx.audit_key, self.actor, entries, lock=not self.ctx.db.is_sqlite
+                    )
+                except Exception as exc:
+                    log.exception("audit write failed; the request is refused")
+                    raise AuditUnavailable() from exc
             await self.session.commit()
-        except Exception as exc:
+        except Exception:
             await self.session.rollback()
-            if entries:
-                log.exception("audit write failed; the request is refused")
-                raise AuditUnavailable() from exc
             raise
         self._committed = True
         if events:
