@@ -159,7 +159,14 @@ async def test_event_on_one_worker_reaches_a_websocket_on_another(
         message = json.loads(await asyncio.wait_for(socket.recv(), timeout=15))
         assert message["event"]["payload"]["patient_id"] == pid
         await socket.close()
-        # Stored once, although two workers read the stream (the handler group runs it once).
+
+        # Stored once, although two workers read the stream (the handler group runs it once); the live
+        # fan-out can arrive before the handler has stored it, so wait for the stored copy.
+        async def stored() -> bool:
+            return bool((await http_b.get("/api/v1/notifications", headers=clinic_b)).json())
+
+        await _wait_for(stored)
+        await asyncio.sleep(1)  # a second handler run, were there one, would have stored its copy by now
         notes = (await http_b.get("/api/v1/notifications", headers=clinic_b)).json()
         assert [n["payload"]["patient_id"] for n in notes] == [pid]
 
