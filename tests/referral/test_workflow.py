@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from referral.errors import IllegalTransition
 from referral.models import Referral
+from referral.service import local_date
 from referral.sla import run_sla_tick
 from referral.state import (
     ACTORS,
@@ -104,7 +105,8 @@ async def test_the_whole_loop_up_and_back_down(app: FastAPI, client: httpx.Async
     assert body["status"] == "completed"
     assert body["summary"] == "调整降压方案后血压达标"
     assert (
-        body["followup_due"] == (dt.date.fromisoformat(body["completed_at"][:10]) + dt.timedelta(days=14)).isoformat()
+        body["followup_due"]
+        == (local_date(dt.datetime.fromisoformat(body["completed_at"])) + dt.timedelta(days=14)).isoformat()
     )
 
     down = await refer(client, spec, patient, centre, ["I10"], {**STABLE_FOR_DOWN, "bp_at_target": True}, based_on=rid)
