@@ -309,11 +309,18 @@ class ExceptionDef(_Model):
     when: Condition | None = None
 
 
+TownshipReview = Literal["never", "skip_level_override", "skip_level", "always"]
+
+
 class Routing(_Model):
     #: Emergencies with no capability flag go to this tier or a more central one (70号: 急危重症 → 二级以上).
     emergency_min_tier: str
     #: A string fact naming the patient's home facility, preferred for downward referrals.
     home_facility_fact: str | None = None
+    #: When an upward referral first goes to the sender's township centre for review (卫生院审核):
+    #: ``never``; ``skip_level_override`` (a skip that only a written override allows); ``skip_level`` (any skip
+    #: the policy does not mark as an emergency or exception); ``always`` (every upward referral from a village).
+    township_review: TownshipReview = "skip_level_override"
     source: str
 
 

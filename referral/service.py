@@ -264,15 +264,20 @@ def _enforce(checked: Checked, *, draft: bool = False) -> None:
 
 
 def _review_facility(checked: Checked) -> uuid.UUID | None:
-    """The township that reviews the referral first, or None.
+    """The township centre that reviews the referral first (卫生院审核), or None.
 
-    The medplat chain (referral-rules-notes.md §2.1: "owner = township reviewer when village→county goes through
-    the township"): a referral that skips the sender's own parent tier only on the strength of a written override
-    (no rule or exception permits the skip) goes to the doctors of that parent facility for review. A skip the
-    policy permits (an emergency, ACS to the PCI centre) goes straight to the receiver.
+    The policy's ``routing.township_review`` says when (referral-rules-notes.md §2.1: "owner = township reviewer
+    when village→county goes through the township"). An emergency on the green channel never waits for review,
+    and neither does a skip a rule or exception permits unless the policy asks for review of every upward one.
     """
     decision, policy, origin, target = checked.decision, checked.active.policy, checked.origin, checked.target
-    if target is None or decision.direction != "up" or not decision.skip_level or not decision.override_applied:
+    mode = policy.model.routing.township_review
+    if mode == "never" or target is None or decision.direction != "up" or decision.green_channel:
+        return None
+    if mode == "skip_level_override" and not (decision.skip_level and decision.override_applied):
+        return None
+    permitted_by_exception = any(m.kind == "exception" for m in decision.matched)
+    if mode == "skip_level" and not (decision.skip_level and (decision.override_applied or not permitted_by_exception)):
         return None
     parent = checked.facilities.get(origin.parent_id) if origin.parent_id else None
     tiers = policy.tiers

@@ -323,3 +323,29 @@ async def test_each_version_is_compiled_once_per_process(
         assert await policy_in_use(client, community) == "qingtian@2026.2"
     assert len(compiled) == 1
     assert store_of(app.state.ctx.extras).compilations == 1
+
+
+@pytest.mark.parametrize(("mode", "status"), [("never", "submitted"), ("skip_level_override", "pending_review")])
+async def test_the_policy_says_when_the_township_reviews_first(
+    client: httpx.AsyncClient, community: Community, mode: str, status: str
+) -> None:
+    text = version_text().replace("township_review: skip_level_override", f"township_review: {mode}", 1)
+    uploaded = await upload(client, await community.login(client, "admin"), text)
+    assert uploaded.status_code == 201, uploaded.text
+    patient = await new_patient(client, community)
+    vd = await community.login(client, "vd_a1")
+    facts = {"bp_sys": 150, "bp_dia": 95, "stable": False}
+    county = community.facilities["county_hospital"]
+    sent = await refer(client, vd, patient, county, ["I10"], facts, override_reason="家属要求到县医院复查")
+    assert sent.status_code == 201, sent.text
+    assert sent.json()["status"] == status
+    assert sent.json()["policy_version"].endswith("2026.2")
+
+
+def test_an_unknown_township_review_mode_is_refused_with_its_line() -> None:
+    from referral.policy import validate_policy
+
+    text = DEFAULT_TEXT.replace("township_review: skip_level_override", "township_review: sometimes", 1)
+    errors = validate_policy(text)
+    assert errors
+    assert errors[0].line == line_of(text, "township_review: sometimes")
