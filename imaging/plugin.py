@@ -1,5 +1,19 @@
 """The imaging domain as the host sees it (entry point ``telemed.domains:imaging``)."""
 
+from imaging import models  # noqa: F401  (registers the tables on the shared metadata)
+from imaging.cli import imaging as imaging_cli
+from imaging.dimse import run_dicom_listener
+from imaging.router import api, dicomweb, wado_uri
+from imaging.stable import run_stable_monitor
+from telemed.core.db import Base
 from telemed.core.plugins import DomainPlugin
 
-plugin = DomainPlugin(name="imaging", title_zh="远程影像", title_en="Imaging")
+plugin = DomainPlugin(
+    name="imaging",
+    title_zh="远程影像",
+    title_en="Imaging",
+    routers=(dicomweb, wado_uri, api),
+    background_services=(run_dicom_listener, run_stable_monitor),
+    cli_commands=(imaging_cli,),
+    metadata=Base.metadata,
+)

@@ -19,7 +19,7 @@ fi
 # Real peers the tests talk to: Debian's Chromium (browser tests) and dcmtk (DICOM interop).
 missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
-command -v storescu >/dev/null 2>&1 || missing+=(dcmtk)
+[ -x /usr/bin/storescu ] || missing+=(dcmtk)  # pynetdicom installs a storescu script of its own
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

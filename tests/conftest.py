@@ -109,6 +109,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         database_url=database_url,
         redis_url=None,
         audit_checkpoint_every=5,
+        dicom_port=0,  # no DICOM listener unless a test asks for one (imaging tests set a free port)
     )
 
 
@@ -227,6 +228,7 @@ class ServerProcess:
             "TELEMED_DATABASE_URL": settings.resolved_database_url,
             "TELEMED_DATA_DIR": str(settings.data_dir),
             "TELEMED_AUDIT_CHECKPOINT_EVERY": str(settings.audit_checkpoint_every),
+            "TELEMED_DICOM_PORT": str(settings.dicom_port),
             **env,
         }
         self.process: subprocess.Popen[bytes] | None = None

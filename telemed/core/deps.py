@@ -28,7 +28,9 @@ Ctx = Annotated[AppContext, Depends(get_ctx)]
 async def get_optional_principal(ctx: Ctx, token: Annotated[str | None, Depends(bearer_scheme)]) -> Principal | None:
     if not token:
         return None
-    async with ctx.db.session() as session:
+    # A read transaction: on SQLite a write one (BEGIN IMMEDIATE) would queue every request behind the writer
+    # just to look up its session; the rare last-seen update runs in a short transaction of its own.
+    async with ctx.db.read_session() as session:
         return await resolve_principal(session, ctx.signer, ctx.settings, token)
 
 

@@ -1,0 +1,468 @@
+"""Storing received DICOM files, for STOW-RS and C-STORE alike.
+
+The order of work is what makes ingest crash-safe (PS3.18 §10.5 and PS3.4 B.2.3 leave durability to us):
+
+1. read the header (no pixel data) and hash the file: a bad file is refused before anything is written;
+2. look up which SOP Instance UIDs are already stored (a read transaction, so no write lock is held): the same
+   bytes again are a success without a second copy, other bytes under a stored UID are refused (the original is
+   kept), as the unique constraint on the UID will insist anyway;
+3. write each new file to blob storage durably (fsync, rename, fsync of the directory) under a key of its own;
+4. insert the index rows in one transaction, which commits before anything is acknowledged.
+
+A crash between 3 and 4 leaves a blob that no row names: harmless, and ``telemed imaging repair`` removes it. An
+index row without its blob cannot happen, because the row is only written once the blob is durable. Blob keys
+carry the time they were written, so that repair leaves alone the blobs of uploads still in progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from imaging import repository
+from imaging.dicomfile import BULK_DATA_URI_PREFIX, DicomProblem, InstanceHeader, InvalidDicom, read_header
+from imaging.errors import FailureReason
+from telemed.core.audit import AuditAction, AuditEntry, AuditOutcome
+from telemed.core.storage import BlobStorage
+from telemed.core.uow import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+BLOB_PREFIX: Final = "dicom/"
+RESOURCE_TYPE: Final = "imaging_study"
+
+#: How the stored DICOM JSON names bulk data: relative to the DICOMweb root, made absolute when served.
+STORED_BULK_PREFIX: Final = '"BulkDataURI":"studies/'
+
+_FAILURE_BY_PROBLEM: Final = {
+    DicomProblem.not_dicom: FailureReason.cannot_understand,
+    DicomProblem.malformed: FailureReason.malformed,
+    DicomProblem.truncated: FailureReason.truncated,
+    DicomProblem.length_beyond_file: FailureReason.length_beyond_file,
+    DicomProblem.missing_uid: FailureReason.missing_uid,
+    DicomProblem.invalid_uid: FailureReason.invalid_uid,
+}
+
+
+@dataclass(slots=True)
+class Sender:
+    """Who sent the files: the facility they are attributed to and, for STOW-RS, the sender's facility scope."""
+
+    source: str  # "stow" or "dimse"
+    facility_id: uuid.UUID | None
+    calling_ae: str | None = None
+    #: When given, instances may only be added to studies sent from facilities in the scope it returns (STOW-RS
+    #: users). It is called only for a study another facility sent first, which is rare: most requests never pay.
+    scope_loader: Callable[[], Awaitable[frozenset[uuid.UUID]]] | None = None
+    _scope: frozenset[uuid.UUID] | None = None
+
+    async def may_add_to(self, study_facility: uuid.UUID | None) -> bool:
+        if self.scope_loader is None or study_facility == self.facility_id:
+            return True
+        if self._scope is None:
+            self._scope = await self.scope_loader()
+        return study_facility in self._scope
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A received file whose header has been read; ``path`` is the caller's (spool or temporary) file."""
+
+    index: int
+    path: Path
+    header: InstanceHeader
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one received part or C-STORE request."""
+
+    index: int
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+    study_uid: str | None = None
+    series_uid: str | None = None
+    failure: FailureReason | None = None
+    #: A stable reason code (``dicom.truncated``, ``imaging.duplicate_sop_instance`` ...) for failures.
+    reason_code: str | None = None
+    #: English explanation without patient data, for logs and the DIMSE Error Comment.
+    message_en: str | None = None
+    #: The same bytes were already stored: a success that stored nothing new.
+    already_stored: bool = False
+
+    @property
+    def stored(self) -> bool:
+        return self.failure is None
+
+    @classmethod
+    def of(
+        cls,
+        index: int,
+        header: InstanceHeader,
+        *,
+        failure: FailureReason | None = None,
+        reason_code: str | None = None,
+        message_en: str | None = None,
+        already_stored: bool = False,
+    ) -> Outcome:
+        """The outcome for a file whose header was read (so its UIDs are known)."""
+        return cls(
+            index=index,
+            sop_class_uid=header.sop_class_uid,
+            sop_instance_uid=header.sop_instance_uid,
+            study_uid=header.study_instance_uid,
+            series_uid=header.series_instance_uid,
+            failure=failure,
+            reason_code=reason_code,
+            message_en=message_en,
+            already_stored=already_stored,
+        )
+
+
+def refused(
+    index: int, failure: FailureReason, reason_code: str, message_en: str, header: InstanceHeader | None = None
+) -> Outcome:
+    if header is not None:
+        return Outcome.of(index, header, failure=failure, reason_code=reason_code, message_en=message_en)
+    return Outcome(index=index, failure=failure, reason_code=reason_code, message_en=message_en)
+
+
+def refused_file(index: int, error: InvalidDicom) -> Outcome:
+    return refused(
+        index,
+        _FAILURE_BY_PROBLEM.get(error.reason_code, FailureReason.cannot_understand),
+        error.reason_code.value,
+        error.message_en,
+    )
+
+
+def read_received(index: int, path: Path, *, default_charset: str) -> Received:
+    """Read the header and hash the file (blocking: run it in a worker thread). Raises :class:`InvalidDicom`."""
+    header = read_header(path, default_charset=default_charset)
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as file:
+        while block := file.read(1024 * 1024):
+            digest.update(block)
+            size += len(block)
+    return Received(index=index, path=path, header=header, sha256=digest.hexdigest(), size=size)
+
+
+def new_blob_key(header: InstanceHeader) -> str:
+    """A key of its own for every write (UIDs are digits and dots only, so they are safe in a path)."""
+    return (
+        f"{BLOB_PREFIX}{header.study_instance_uid}/{header.series_instance_uid}/"
+        f"{header.sop_instance_uid}_{int(time.time())}_{secrets.token_hex(4)}.dcm"
+    )
+
+
+def blob_written_at(key: str) -> float | None:
+    """The Unix time a blob key was made, or None for a key that is not an instance blob."""
+    if not key.startswith(BLOB_PREFIX) or not key.endswith(".dcm"):
+        return None
+    parts = key.rsplit("/", 1)[-1].removesuffix(".dcm").rsplit("_", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    return float(parts[1])
+
+
+def stored_document(header: InstanceHeader) -> str:
+    """The DICOM JSON kept in the index: compact, with the transfer syntax, bulk data relative to the root."""
+    document: dict[str, Any] = dict(header.dataset_json)
+    # Available Transfer Syntax UID (0008,3002) tells a viewer how the frames will come (PS3.18 §10.4.1.1.3).
+    document["00083002"] = {"vr": "UI", "Value": [header.transfer_syntax_uid]}
+    text = json.dumps(dict(sorted(document.items())), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    instance_path = (
+        f"studies/{header.study_instance_uid}/series/{header.series_instance_uid}/instances/{header.sop_instance_uid}/"
+    )
+    placeholder = '"BulkDataURI":"' + BULK_DATA_URI_PREFIX
+    return text.replace(placeholder, '"BulkDataURI":"' + instance_path + BULK_DATA_URI_PREFIX)
+
+
+def _clip(value: str | None, length: int) -> str | None:
+    if value is None:
+        return None
+    return value[:length]
+
+
+def _json_text(header: InstanceHeader, key: str) -> str | None:
+    values = header.dataset_json.get(key, {}).get("Value")
+    if not values or values[0] is None:
+        return None
+    return str(values[0])
+
+
+def _study_row(header: InstanceHeader, sender: Sender) -> dict[str, Any]:
+    return {
+        "study_uid": header.study_instance_uid,
+        "facility_id": sender.facility_id,
+        "patient_name": _clip(header.patient_name, 256),
+        "patient_id": _clip(header.patient_id, 64),
+        "patient_birth_date": _clip(header.patient_birth_date, 16),
+        "patient_sex": _clip(header.patient_sex, 16),
+        "study_date": _clip(header.study_date, 16),
+        "study_time": _clip(header.study_time, 32),
+        "accession_number": _clip(header.accession_number, 64),
+        "study_description": _clip(header.study_description, 256),
+        "dicom_study_id": _clip(_json_text(header, "00200010"), 64),
+        "referring_physician_name": _clip(header.referring_physician_name, 256),
+    }
+
+
+def _series_row(header: InstanceHeader, study_pk: int) -> dict[str, Any]:
+    return {
+        "study_pk": study_pk,
+        "series_uid": header.series_instance_uid,
+        "modality": _clip(header.modality, 16),
+        "body_part": _clip(header.body_part_examined, 64),
+        "series_number": header.series_number,
+        "series_description": _clip(header.series_description, 256),
+        "series_date": _clip(_json_text(header, "00080021"), 16),
+        "series_time": _clip(_json_text(header, "00080031"), 32),
+    }
+
+
+def _int32(value: int | None) -> int | None:
+    # INTEGER columns: a hostile IS value must not fail the insert on PostgreSQL.
+    if value is None or not -(2**31) <= value < 2**31:
+        return None
+    return value
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A batch whose blobs are written and whose rows are staged in the unit of work, not yet committed."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    #: Blobs the staged rows refer to: deleted again if the commit fails.
+    written: list[str] = field(default_factory=list)
+    #: Blobs written but not referenced (duplicates, refusals, a concurrent sender won): deleted once settled.
+    discard: list[str] = field(default_factory=list)
+
+
+#: Batches up to this size write their blobs while the index statements run (the commit still waits for every
+#: blob to be durable); bigger ones are written first, so that a long copy never holds SQLite's write lock.
+OVERLAP_BYTES: Final = 8 * 1024 * 1024
+
+
+async def prepare_batch(uow: UnitOfWork, received: Sequence[Received], sender: Sender) -> Prepared:
+    """Write blobs and stage index rows for ``received``; the caller audits, then calls :func:`finish_batch`.
+
+    No look-up precedes the writes: the unique constraints decide (``ON CONFLICT``), and a blob written for an
+    instance that turns out to be stored already is deleted again. The same bytes sent twice are rare enough
+    that saving their write is not worth a round trip on every instance.
+    """
+    prepared = Prepared()
+    primaries: dict[str, Received] = {}
+    for item in received:
+        header = item.header
+        first = primaries.get(header.sop_instance_uid)
+        if first is None:
+            primaries[header.sop_instance_uid] = item
+        elif first.sha256 == item.sha256:
+            prepared.outcomes.append(Outcome.of(item.index, header, already_stored=True))
+        else:
+            prepared.outcomes.append(_duplicate(item))
+    items = list(primaries.values())
+    keys = {uid: new_blob_key(item.header) for uid, item in primaries.items()}
+    storage = uow.ctx.storage
+    writes = asyncio.ensure_future(_write_blobs(storage, [(item, keys[uid]) for uid, item in primaries.items()]))
+    try:
+        if sum(item.size for item in items) > OVERLAP_BYTES:
+            await asyncio.shield(writes)
+        staged = await _stage_rows(uow, items, keys, sender, prepared)
+        written = await asyncio.shield(writes)
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            await writes  # let the writes finish, or the deletes below could race them
+        await delete_blobs(storage, keys.values())
+        raise
+    if not all(written):
+        # A blob could not be written (disk full, storage down): nothing of the batch is indexed.
+        await uow.session.rollback()
+        await delete_blobs(storage, keys.values())
+        refusals = [
+            refused(item.index, FailureReason.out_of_resources, "imaging.storage_failed",
+                    "The file could not be written to storage.", item.header)
+            for item in items
+        ]  # fmt: skip
+        prepared.outcomes = sorted([*prepared.outcomes[: len(received) - len(items)], *refusals], key=_index)
+        return prepared
+    prepared.written = [keys[uid] for uid in staged]
+    prepared.discard = [key for uid, key in keys.items() if uid not in staged]
+    prepared.outcomes.sort(key=_index)
+    return prepared
+
+
+def _index(outcome: Outcome) -> int:
+    return outcome.index
+
+
+async def _stage_rows(
+    uow: UnitOfWork, items: list[Received], keys: dict[str, str], sender: Sender, prepared: Prepared
+) -> set[str]:
+    """Upsert studies and series, insert instances; returns the SOP Instance UIDs whose rows were inserted."""
+    session = uow.session
+    studies = await repository.ensure_studies(
+        session, list({item.header.study_instance_uid: _study_row(item.header, sender) for item in items}.values())
+    )
+    allowed: list[Received] = []
+    for item in items:
+        study = studies[item.header.study_instance_uid]
+        if await sender.may_add_to(study.facility_id):
+            allowed.append(item)
+        else:
+            prepared.outcomes.append(
+                refused(
+                    item.index,
+                    FailureReason.not_authorized,
+                    "imaging.study_not_in_scope",
+                    "The study belongs to a facility outside the sender's scope.",
+                    item.header,
+                )
+            )
+    series = await repository.ensure_series(
+        session,
+        list(
+            {
+                item.header.series_instance_uid: _series_row(item.header, studies[item.header.study_instance_uid].pk)
+                for item in allowed
+            }.values()
+        ),
+    )
+    rows: list[dict[str, Any]] = []
+    candidates: dict[str, Received] = {}
+    for item in allowed:
+        header = item.header
+        series_pk, study_pk = series[header.series_instance_uid]
+        if study_pk != studies[header.study_instance_uid].pk:
+            prepared.outcomes.append(_series_elsewhere(item))
+            continue
+        candidates[header.sop_instance_uid] = item
+        rows.append(_instance_row(item, keys[header.sop_instance_uid], study_pk, series_pk, sender))
+    inserted = await repository.insert_instances(session, rows)
+    lost = [uid for uid in candidates if uid not in inserted]
+    stored_before = await repository.known_instances(session, lost) if lost else {}
+    for uid, item in candidates.items():
+        if uid in inserted:
+            prepared.outcomes.append(Outcome.of(item.index, item.header))
+        elif (before := stored_before.get(uid)) is not None and before.sha256 == item.sha256:
+            prepared.outcomes.append(Outcome.of(item.index, item.header, already_stored=True))
+        else:
+            prepared.outcomes.append(_duplicate(item))
+    await repository.touch_studies(session, {studies[candidates[uid].header.study_instance_uid].pk for uid in inserted})
+    return inserted
+
+
+def _instance_row(item: Received, key: str, study_pk: int, series_pk: int, sender: Sender) -> dict[str, Any]:
+    header = item.header
+    return {
+        "study_pk": study_pk,
+        "series_pk": series_pk,
+        "sop_instance_uid": header.sop_instance_uid,
+        "sop_class_uid": header.sop_class_uid,
+        "instance_number": _int32(header.instance_number),
+        "transfer_syntax_uid": header.transfer_syntax_uid,
+        "number_of_frames": _int32(header.number_of_frames) or 0,
+        "rows": _int32(header.rows),
+        "columns": _int32(header.columns),
+        "size": item.size,
+        "sha256": item.sha256,
+        "blob_key": key,
+        "facility_id": sender.facility_id,
+        "source": sender.source,
+        "calling_ae": sender.calling_ae,
+        "dataset_json": stored_document(header),
+    }
+
+
+async def finish_batch(uow: UnitOfWork, prepared: Prepared) -> None:
+    """Commit the staged rows (with whatever events and audit entries the caller recorded), then tidy up."""
+    try:
+        await uow.commit()
+    except BaseException:
+        await delete_blobs(uow.ctx.storage, prepared.written)
+        await delete_blobs(uow.ctx.storage, prepared.discard)
+        raise
+    await delete_blobs(uow.ctx.storage, prepared.discard)
+
+
+def audit_outcomes(uow: UnitOfWork, outcomes: Iterable[Outcome], *, source: str, calling_ae: str | None = None) -> int:
+    """One audit entry per study touched (PS3.18 has no audit; MLPS 2.0 wants every write recorded)."""
+    per_study: dict[str | None, list[Outcome]] = {}
+    for outcome in outcomes:
+        per_study.setdefault(outcome.study_uid, []).append(outcome)
+    for study_uid, items in per_study.items():
+        stored = sum(1 for o in items if o.stored)
+        detail: dict[str, Any] = {"source": source, "stored": stored, "failed": len(items) - stored}
+        if calling_ae:
+            detail["calling_ae"] = calling_ae
+        failures = sorted({o.reason_code for o in items if o.reason_code})
+        if failures:
+            detail["reasons"] = failures
+        uow.audit(
+            AuditEntry(
+                action=AuditAction.create,
+                resource_type=RESOURCE_TYPE,
+                resource_id=study_uid,
+                outcome=AuditOutcome.success if stored else AuditOutcome.failed,
+                detail=detail,
+            )
+        )
+    return len(per_study)
+
+
+async def delete_blobs(storage: BlobStorage, keys: Iterable[str]) -> None:
+    for key in list(keys):
+        try:
+            await storage.delete(key)
+        except Exception:
+            log.exception("an unreferenced blob could not be deleted; `telemed imaging repair` will remove it")
+
+
+async def _write_blobs(storage: BlobStorage, items: Sequence[tuple[Received, str]]) -> list[bool]:
+    """Write the files durably, several at a time (each put waits for its own fsyncs)."""
+    limit = asyncio.Semaphore(4)
+
+    async def write(item: Received, key: str) -> bool:
+        async with limit:
+            try:
+                await storage.put_file(key, item.path)
+            except Exception:
+                log.exception("writing a DICOM blob failed")
+                return False
+        return True
+
+    return list(await asyncio.gather(*(write(item, key) for item, key in items)))
+
+
+def _duplicate(item: Received) -> Outcome:
+    return refused(
+        item.index,
+        FailureReason.duplicate_sop_instance,
+        "imaging.duplicate_sop_instance",
+        "Another object is already stored under this SOP Instance UID; the stored one is kept.",
+        item.header,
+    )
+
+
+def _series_elsewhere(item: Received) -> Outcome:
+    return refused(
+        item.index,
+        FailureReason.series_in_other_study,
+        "imaging.series_in_other_study",
+        "The Series Instance UID already belongs to another study.",
+        item.header,
+    )

@@ -1,0 +1,334 @@
+"""STOW-RS (PS3.18 §10.5): what a sender sees, what is stored, and what never is."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import select
+
+from imaging.errors import FailureReason
+from imaging.models import ImagingInstance, ImagingStudy
+from imaging.multipart import PartSource
+from telemed.core.audit import AuditRecord
+from telemed.core.config import Settings
+from tests.conftest import Community, free_port
+from tests.imaging.dicom_factory import copy_truncated, set_element_length
+from tests.imaging.helpers import count_blobs, count_rows, first, make_ct_slice, new_uid, sequence, small_study, stow
+
+FAILED = "00081198"
+REFERENCED = "00081199"
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"dicom_port": free_port()})
+
+
+def failures(body: dict[str, object]) -> dict[str | None, int]:
+    """Failed items as {SOP Instance UID (None when unknown): Failure Reason}."""
+    return {first(item, "00081155"): first(item, "00081197") for item in sequence(body, FAILED)}  # type: ignore[arg-type]
+
+
+async def test_stow_stores_a_study_that_qido_and_wado_then_serve(
+    app: FastAPI, client: httpx.AsyncClient, community: Community, tmp_path: Path
+) -> None:
+    headers = await community.login(client, "vd_a1")
+    paths = small_study(tmp_path / "study", 3, patient_name="Wang^Xiaoming=王^小明")
+
+    response = await stow(client, headers, paths)
+
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/dicom+json")
+    body = response.json()
+    assert len(sequence(body, REFERENCED)) == 3
+    assert FAILED not in body
+    study_url = first(body, "00081190")
+    assert study_url.startswith("http://testserver/dicomweb/studies/")
+
+    radiologist = await community.login(client, "rad")
+    studies = (await client.get("/dicomweb/studies", headers=radiologist)).json()
+    assert len(studies) == 1
+    study = studies[0]
+    assert first(study, "00100010") == {"Alphabetic": "Wang^Xiaoming", "Ideographic": "王^小明"}
+    assert first(study, "00201208") == 3
+    assert first(study, "00080061") == "CT"
+
+    instance_url = first(sequence(body, REFERENCED)[0], "00081190")
+    retrieved = await client.get(instance_url, headers={**radiologist, "Accept": "application/dicom"})
+    assert retrieved.status_code == 200
+    assert retrieved.content == paths[0].read_bytes()
+    assert await count_rows(app.state.ctx) == 3
+    assert await count_blobs(app.state.ctx) == 3
+
+
+async def test_bad_parts_are_refused_one_by_one_and_the_good_ones_stored(
+    app: FastAPI, client: httpx.AsyncClient, community: Community, tmp_path: Path
+) -> None:
+    headers = await community.login(client, "vd_a1")
+    study_uid, series_uid = new_uid(), new_uid()
+
+    def slice_(name: str, sop_uid: str | None = None, **options: object) -> Path:
+        return make_ct_slice(
+            tmp_path / name, study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid or new_uid(),
+            patient_name="Li^Hua", charset=None, rows=32, cols=32, **options,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    good_first, good_last = slice_("good1.dcm"), slice_("good2.dcm")
+    truncated = copy_truncated(slice_("whole.dcm"), tmp_path / "truncated.dcm", -700)
+    missing_uid = slice_("missing.dcm", omit=["SOPInstanceUID"])
+    path_uid = slice_("path.dcm", sop_uid="1.2.3/../../../etc/passwd")
+    far_length = slice_("far.dcm")
+    set_element_length(far_length, 0x00400275, 0x7FFF0000)  # Request Attributes Sequence: 2 GB in a 3 kB file
+    short_part = PartSource(slice_("short.dcm").read_bytes(), {"Content-Length": "999999"})
+
+    response = await stow(
+        client,
+        headers,
+        [
+            good_first,
+            b"this is not a DICOM file, it is a note from the village clinic" * 10,
+            truncated,
+            missing_uid,
+            path_uid,
+            far_length,
+            short_part,
+            PartSource(b'{"not": "dicom"}', {"Content-Type": "application/json"}),
+            good_last,
+        ],
+    )
+
+    assert response.status_code == 202, response.text
+    body = response.json()
+    stored = {first(item, "00081155") for item in sequence(body, REFERENCED)}
+    assert stored == {_sop_uid(good_first), _sop_uid(good_last)}
+    items = sequence(body, FAILED)
+    assert len(items) == 7
+    comments = [first(item, "00000902") for item in items]
+    assert comments == [
+        "dicom.not_dicom",
+        "dicom.truncated",
+        "dicom.missing_uid",
+        "dicom.invalid_uid",
+        "dicom.length_beyond_file",
+        "multipart.content_length_mismatch",
+        "imaging.part_not_dicom",
+    ]
+    reasons = [first(item, "00081197") for item in items]
+    assert reasons[:5] == [
+        FailureReason.cannot_understand,
+        FailureReason.truncated,
+        FailureReason.missing_uid,
+        FailureReason.invalid_uid,
+        FailureReason.length_beyond_file,
+    ]
+    assert all(0xC000 <= reason <= 0xCFFF for reason in reasons)  # PS3.18 Table I.2-2 "Cannot understand"
+
+    # Nothing of the bad parts was kept: two rows, two blobs, no spool files left behind.
+    ctx = app.state.ctx
+    assert await count_rows(ctx) == 2
+    assert await count_blobs(ctx) == 2
+    spool = ctx.settings.data_dir / "spool"
+    assert not [p for p in spool.rglob("*") if p.is_file()]
+    radiologist = await community.login(client, "rad")
+    listed = (await client.get(f"/dicomweb/studies/{study_uid}/instances", headers=radiologist)).json()
+    assert {first(item, "00080018") for item in listed} == stored
+
+
+def _sop_uid(path: Path) -> str:
+    from pydicom import dcmread
+
+    return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+async def test_a_wrong_content_type_is_415_and_stores_nothing(
+    app: FastAPI, client: httpx.AsyncClient, community: Community, tmp_path: Path
+) -> None:
+    headers = await community.login(client, "vd_a1")
+    data = small_study(tmp_path, 1)[0].read_bytes()
+
+    for content_type in ("application/dicom", "application/json", 'multipart/related; type="application/dicom+json"'):
+        response = await client.post(
+            "/dicomweb/studies", content=data, headers={**headers, "Content-Type": content_type}
+        )
+        assert response.status_code == 415, (content_type, response.text)
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.json()["code"] == "imaging.unsupported_media_type"
+    assert await count_rows(app.state.ctx) == 0
+    assert await count_blobs(app.state.ctx) == 0
+
+
+async def test_a_body_without_its_boundary_is_400(
+    app: FastAPI, client: httpx.AsyncClient, community: Community
+) -> None:
+    headers = await community.login(client, "vd_a1")
+    response = await client.post(
+        "/dicomweb/studies",
+        content=b"no parts here",
+        headers={**headers, "Content-Type": 'multipart/related; type="application/dicom"; boundary=xyz'},
+    )
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_the_same_bytes_again_succeed_and_other_bytes_under_the_same_uid_conflict(
+    app: FastAPI, client: httpx.AsyncClient, community: Community, tmp_path: Path
+) -> None:
+    headers = await community.login(client, "vd_a1")
+    study_uid, series_uid, sop_uid = new_uid(), new_uid(), new_uid()
+    original = make_ct_slice(tmp_path / "a.dcm", study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid,
+                             patient_name="Zhao^Yun", charset=None, rows=32, cols=32)  # fmt: skip
+    changed = make_ct_slice(tmp_path / "b.dcm", study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid,
+                            patient_name="Zhao^Yun", charset=None, rows=32, cols=32,
+                            study_description="CT CHEST (edited)")  # fmt: skip
+
+    assert (await stow(client, headers, [original])).status_code == 200
+    again = await stow(client, headers, [original])
+    assert again.status_code == 200, again.text
+    assert len(sequence(again.json(), REFERENCED)) == 1
+
+    conflict = await stow(client, headers, [changed])
+    assert conflict.status_code == 409, conflict.text
+    assert failures(conflict.json()) == {sop_uid: FailureReason.duplicate_sop_instance}
+
+    # The same UID twice in one request, different bytes: the first is stored, the second refused.
+    other_uid = new_uid()
+    one = make_ct_slice(tmp_path / "c.dcm", study_uid=study_uid, series_uid=series_uid, sop_uid=other_uid,
+                        patient_name="Zhao^Yun", charset=None, rows=32, cols=32)  # fmt: skip
+    two = make_ct_slice(tmp_path / "d.dcm", study_uid=study_uid, series_uid=series_uid, sop_uid=other_uid,
+                        patient_name="Zhao^Yun", charset=None, rows=32, cols=32, instance_number=9)  # fmt: skip
+    mixed = await stow(client, headers, [one, two])
+    assert mixed.status_code == 202
+    assert failures(mixed.json()) == {other_uid: FailureReason.duplicate_sop_instance}
+
+    radiologist = await community.login(client, "rad")
+    kept = await client.get(
+        f"/dicomweb/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}",
+        headers={**radiologist, "Accept": "application/dicom"},
+    )
+    assert kept.content == original.read_bytes()
+    assert await count_rows(app.state.ctx) == 2
+    assert await count_blobs(app.state.ctx) == 2
+
+
+async def test_stow_into_a_study_refuses_instances_of_another_study(
+    app: FastAPI, client: httpx.AsyncClient, community: Community, tmp_path: Path
+) -> None:
+    headers = await community.login(client, "vd_a1")
+    paths = small_study(tmp_path, 1)
+    response = await stow(client, headers, paths, study_uid=new_uid())
+    assert response.status_code == 409
+    assert list(failures(response.json()).values()) == [FailureReason.study_mismatch]
+
+
+async def test_who_may_store_and_read(
+    app: FastAPI, client: httpx.AsyncClient, community: Community, tmp_path: Path
+) -> None:
+    paths = small_study(tmp_path, 2)
+    assert (await stow(client, {}, paths)).status_code == 401
+    for role_user in ("analyst", "admin"):
+        refused = await stow(client, await community.login(client, role_user), paths)
+        assert refused.status_code == 403
+        assert refused.headers["content-type"].startswith("application/problem+json")
+    response = await stow(client, await community.login(client, "vd_a1"), paths)
+    assert response.status_code == 200
+    study_uid = first(sequence(response.json(), REFERENCED)[0], "00081190").split("/studies/")[1].split("/")[0]
+
+    # The county radiologist and the township of the sending clinic see it; another township does not.
+    for username, visible in (("rad", True), ("td_a", True), ("vd_a1", True), ("vd_b1", False), ("td_b", False)):
+        user = await community.login(client, username)
+        listed = (await client.get("/dicomweb/studies", headers=user)).json()
+        assert [first(s, "0020000D") for s in listed] == ([study_uid] if visible else []), username
+        metadata = await client.get(f"/dicomweb/studies/{study_uid}/metadata", headers=user)
+        assert metadata.status_code == (200 if visible else 404), username
+    for username in ("analyst", "admin"):
+        user = await community.login(client, username)
+        assert (await client.get("/dicomweb/studies", headers=user)).status_code == 403
+        assert (await client.get(f"/dicomweb/studies/{study_uid}/metadata", headers=user)).status_code == 403
+    assert (await client.get("/dicomweb/studies")).status_code == 401
+
+    # A clinic outside the study's scope cannot add instances to it either.
+    other = small_study(tmp_path / "other", 1, study_uid=study_uid)
+    sneaky = await stow(client, await community.login(client, "vd_b1"), other)
+    assert sneaky.status_code == 409
+    assert list(failures(sneaky.json()).values()) == [FailureReason.not_authorized]
+
+
+async def test_every_stow_qido_and_wado_is_audited_with_the_study_uid(
+    app: FastAPI, client: httpx.AsyncClient, community: Community, tmp_path: Path
+) -> None:
+    headers = await community.login(client, "vd_a1")
+    paths = small_study(tmp_path, 1)
+    body = (await stow(client, headers, paths)).json()
+    instance_url = first(sequence(body, REFERENCED)[0], "00081190")
+    study_uid = instance_url.split("/studies/")[1].split("/")[0]
+    await client.get("/dicomweb/studies", headers=headers)
+    await client.get(f"/dicomweb/studies/{study_uid}/metadata", headers=headers)
+    await client.get(instance_url, headers=headers)
+    outsider = await community.login(client, "vd_b1")
+    await client.get(f"/dicomweb/studies/{study_uid}/metadata", headers=outsider)
+
+    async with app.state.ctx.db.read_session() as session:
+        records = (
+            await session.scalars(
+                select(AuditRecord).where(AuditRecord.resource_type == "imaging_study").order_by(AuditRecord.seq)
+            )
+        ).all()
+    summary = [(r.action, r.resource_id, r.outcome) for r in records]
+    assert summary == [
+        ("C", study_uid, "success"),
+        ("Q", None, "success"),
+        ("R", study_uid, "success"),
+        ("R", study_uid, "success"),
+        ("R", study_uid, "denied"),
+    ]
+    assert study_uid in records[1].detail["study_uids"]
+    # No patient name in any audit record.
+    assert all("Zhang" not in json.dumps(r.detail) for r in records)
+
+
+async def test_names_in_chinese_character_sets_are_decoded(
+    app: FastAPI, client: httpx.AsyncClient, community: Community, tmp_path: Path
+) -> None:
+    headers = await community.login(client, "vd_a1")
+    cases = [("GB18030", "GB18030", "张^三丰"), (None, "GB18030", "李^四"), ("ISO 2022 IR 58", None, "王^五"),
+             ("ISO_IR 192", None, "赵^六")]  # fmt: skip
+    paths = [
+        make_ct_slice(
+            tmp_path / f"{number}.dcm",
+            study_uid=new_uid(),
+            series_uid=new_uid(),
+            sop_uid=new_uid(),
+            patient_name=name,
+            charset=charset,
+            text_encoding=encoding,
+            rows=16,
+            cols=16,
+        )
+        for number, (charset, encoding, name) in enumerate(cases)
+    ]
+    response = await stow(client, headers, paths)
+    assert response.status_code == 200, response.text
+    async with app.state.ctx.db.read_session() as session:
+        names = set((await session.scalars(select(ImagingStudy.patient_name))).all())
+    assert names == {name for _, _, name in cases}
+    listed = (await client.get("/dicomweb/studies?PatientName=张*", headers=headers)).json()
+    assert [first(s, "00100010") for s in listed] == [{"Alphabetic": "张^三丰"}]
+
+
+async def test_many_instances_in_one_request_are_stored_in_batches(
+    app: FastAPI, client: httpx.AsyncClient, community: Community, tmp_path: Path
+) -> None:
+    from imaging.config import ImagingSettings, use_imaging_settings
+
+    use_imaging_settings(app.state.ctx, ImagingSettings(imaging_batch_instances=7))
+    headers = await community.login(client, "vd_a1")
+    paths = small_study(tmp_path, 30, rows=16, cols=16)
+    response = await stow(client, headers, paths)
+    assert response.status_code == 200
+    assert len(sequence(response.json(), REFERENCED)) == 30
+    async with app.state.ctx.db.read_session() as session:
+        assert len((await session.scalars(select(ImagingInstance.id))).all()) == 30
