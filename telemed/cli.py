@@ -138,19 +138,17 @@ def audit() -> None:
 def audit_verify(data_dir: Path | None) -> None:
     """Recompute the hash chain; exit 1 when a record was changed, removed or the tail truncated."""
     _apply_options(data_dir)
-    from telemed.core.audit import CHECKPOINT_PREFIX, read_checkpoint, verify_chain
+    from telemed.core.audit import BadCheckpoint, stored_checkpoints, verify_chain
     from telemed.core.context import AppContext
 
     async def run() -> bool:
         ctx = AppContext.build(Settings())
         try:
-            checkpoints = []
-            async for key in ctx.storage.list(CHECKPOINT_PREFIX):
-                parsed = read_checkpoint(ctx.audit_key, await ctx.storage.get(key))
-                if parsed is None:
-                    click.echo(f"checkpoint {key} has a bad signature", err=True)
-                    return False
-                checkpoints.append(parsed)
+            try:
+                checkpoints = await stored_checkpoints(ctx.storage, ctx.audit_key)
+            except BadCheckpoint as forged:
+                click.echo(f"TAMPERED: checkpoint {forged} has a bad signature", err=True)
+                return False
             async with ctx.db.read_session() as session:
                 report = await verify_chain(session, ctx.audit_key, checkpoints)
         finally:

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from telemed.core.db import Base, PortableJSON, UTCDateTime, utcnow
+from telemed.core.storage import BlobStorage
 
 GENESIS: Final = "0" * 64
 CHECKPOINT_PREFIX: Final = "audit/checkpoints/"
@@ -194,6 +195,21 @@ def read_checkpoint(key: bytes, raw: bytes) -> tuple[int, str] | None:
     if not hmac.compare_digest(expected, str(data.get("signature", ""))):
         return None
     return seq, hash_
+
+
+class BadCheckpoint(ValueError):
+    """A stored checkpoint whose signature does not verify: the export itself was tampered with."""
+
+
+async def stored_checkpoints(storage: BlobStorage, key: bytes) -> list[tuple[int, str]]:
+    """The signed chain heads exported to blob storage, as ``(seq, hash)``; raises on a forged one."""
+    found = []
+    async for blob_key in storage.list(CHECKPOINT_PREFIX):
+        parsed = read_checkpoint(key, await storage.get(blob_key))
+        if parsed is None:
+            raise BadCheckpoint(blob_key)
+        found.append(parsed)
+    return found
 
 
 async def verify_chain(

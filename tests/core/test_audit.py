@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
-from telemed.core.audit import CHECKPOINT_PREFIX, AuditRecord, read_checkpoint, verify_chain
+from telemed.core.audit import AuditRecord, read_checkpoint, stored_checkpoints, verify_chain
 from telemed.core.config import Settings
 from telemed.org.idcard import make_id_number
 from tests.conftest import Community, register
@@ -47,11 +47,7 @@ async def _make_trail(client: httpx.AsyncClient, community: Community, n: int = 
 
 async def _verify(app: FastAPI) -> tuple[bool, int | None, list[str]]:
     ctx = app.state.ctx
-    checkpoints = []
-    async for key in ctx.storage.list(CHECKPOINT_PREFIX):
-        parsed = read_checkpoint(ctx.audit_key, await ctx.storage.get(key))
-        assert parsed is not None
-        checkpoints.append(parsed)
+    checkpoints = await stored_checkpoints(ctx.storage, ctx.audit_key)
     async with ctx.db.read_session() as session:
         report = await verify_chain(session, ctx.audit_key, checkpoints)
     return report.ok, report.first_bad_seq, report.problems
@@ -193,3 +189,14 @@ def test_checkpoints_are_signed(tmp_path: Path) -> None:
     doc = checkpoint_document(b"k" * 32, 10, "ab" * 32)
     assert read_checkpoint(b"k" * 32, doc) == (10, "ab" * 32)
     assert read_checkpoint(b"x" * 32, doc) is None
+
+
+async def test_a_forged_checkpoint_is_refused(app: FastAPI, client: httpx.AsyncClient, community: Community) -> None:
+    from telemed.core.audit import CHECKPOINT_PREFIX, BadCheckpoint, checkpoint_document
+
+    await _make_trail(client, community, n=3)
+    ctx = app.state.ctx
+    assert await stored_checkpoints(ctx.storage, ctx.audit_key)  # a genuine one exists (every 5 records here)
+    await ctx.storage.put(f"{CHECKPOINT_PREFIX}999999999999.json", checkpoint_document(b"not-the-key", 2, "00" * 32))
+    with pytest.raises(BadCheckpoint):
+        await stored_checkpoints(ctx.storage, ctx.audit_key)
