@@ -170,17 +170,18 @@ async def sign_in(
     """Check the password and open a session. ``sessions`` must not be inside a transaction."""
     async with sessions.begin():
         account = await reserve_attempt(sessions, username, settings)
-        exists = (
-            account is not None
-            or (await sessions.scalar(select(UserAccount.id).where(UserAccount.username == username))) is not None
+        # Refused before any password check: the username is unknown (None), disabled (True) or locked (False).
+        refused_disabled = (
+            None
+            if account is not None
+            else await sessions.scalar(select(UserAccount.disabled).where(UserAccount.username == username))
         )
         candidate_hash = account.password_hash if account is not None else DUMMY_HASH
-    # The slow hash runs outside the transaction so that a queue of sign-ins does not hold the write lock.
+    # The slow hash runs outside the transaction so that a queue of sign-ins does not hold the write lock; it runs
+    # even for a refused attempt, so that the answer takes as long whatever the reason.
     valid = verify_password(candidate_hash, password)
     if account is None:
-        async with sessions.begin():
-            locked = exists and await _is_locked(sessions, username)
-        raise AccountLocked() if locked else BadCredentials()
+        raise AccountLocked() if refused_disabled is False else BadCredentials()
     if not valid:
         if account.failed_attempts >= settings.lockout_threshold:
             async with sessions.begin():
@@ -196,11 +197,6 @@ async def sign_in(
         )
         tokens = await open_session(sessions, signer, settings, account)
     return account, tokens
-
-
-async def _is_locked(session: AsyncSession, username: str) -> bool:
-    account = await session.scalar(select(UserAccount).where(UserAccount.username == username))
-    return account is not None and not account.disabled
 
 
 async def open_session(
