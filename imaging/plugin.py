@@ -1,8 +1,12 @@
 """The imaging domain as the host sees it (entry point ``telemed.domains:imaging``)."""
 
-from imaging import models  # noqa: F401  (registers the tables on the shared metadata)
+from imaging import models, reading_models  # noqa: F401  (registers the tables on the shared metadata)
 from imaging.cli import imaging as imaging_cli
 from imaging.dimse import run_dicom_listener
+from imaging.events import STUDY_ROUTED
+from imaging.fhir import router as fhir_router
+from imaging.reading import on_study_routed
+from imaging.reading_router import router as reading_router
 from imaging.router import api, dicomweb, wado_uri
 from imaging.stable import run_stable_monitor
 from telemed.core.db import Base
@@ -12,7 +16,8 @@ plugin = DomainPlugin(
     name="imaging",
     title_zh="远程影像",
     title_en="Imaging",
-    routers=(dicomweb, wado_uri, api),
+    routers=(dicomweb, wado_uri, api, reading_router, fhir_router),
+    event_handlers={STUDY_ROUTED: (on_study_routed,)},
     background_services=(run_dicom_listener, run_stable_monitor),
     cli_commands=(imaging_cli,),
     metadata=Base.metadata,
