@@ -9,14 +9,23 @@ from imaging.reading import on_study_routed
 from imaging.reading_router import router as reading_router
 from imaging.router import api, dicomweb, wado_uri
 from imaging.stable import run_stable_monitor
+from imaging.web.pages import router as viewer_pages
 from telemed.core.db import Base
-from telemed.core.plugins import DomainPlugin
+from telemed.core.plugins import DomainPlugin, NavLink
 
 plugin = DomainPlugin(
     name="imaging",
     title_zh="远程影像",
     title_en="Imaging",
-    routers=(dicomweb, wado_uri, api, reading_router, fhir_router),
+    routers=(dicomweb, wado_uri, api, reading_router, fhir_router, viewer_pages),
+    nav_links=(
+        NavLink(
+            "/imaging/viewer",
+            "影像查看",
+            "Image viewer",
+            frozenset({"radiologist", "specialist", "township_doctor", "village_doctor"}),
+        ),
+    ),
     event_handlers={STUDY_ROUTED: (on_study_routed,)},
     background_services=(run_dicom_listener, run_stable_monitor),
     cli_commands=(imaging_cli,),
