@@ -4,6 +4,7 @@ set), the app under its lifespan, an HTTP client, and a small seeded community w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -11,12 +12,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -34,6 +36,7 @@ from telemed.org.models import Department, Facility, Region
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL") or None
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL") or None
 PASSWORD = "Test-Passw0rd!"
+T = TypeVar("T")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -285,3 +288,94 @@ async def ws_connect(url: str, token: str) -> Any:
     ready = json.loads(await asyncio.wait_for(socket.recv(), timeout=10))
     assert ready["type"] == "ready", ready
     return socket
+
+
+# ------------------------------------------------------------------------------------------------ browser tests
+
+CHROMIUM = Path("/usr/bin/chromium")
+#: Debian's Chromium as root, headless, with nothing that phones home (the machine has no internet).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Path:
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: install Debian's browser with `apt-get install -y chromium` "
+            "(the browser tests never download one)",
+            pytrace=False,
+        )
+    return CHROMIUM
+
+
+@pytest.fixture
+async def browser(chromium: Path) -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        instance = await playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        try:
+            yield instance
+        finally:
+            await instance.close()
+
+
+class PageProblems:
+    """Script errors and CSP refusals a page reports; a browser test ends by asserting there were none."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def console(self, message: Any) -> None:
+        # A refused request (401 for a wrong password) is logged by the browser itself; that is expected.
+        if message.type == "error" and "Failed to load resource" not in message.text:
+            self.messages.append(message.text)
+
+    def page_error(self, error: Exception) -> None:
+        self.messages.append(str(error))
+
+
+@contextlib.contextmanager
+def serve_in_thread(
+    app: FastAPI, prepare: Callable[[FastAPI], Awaitable[T]], *, name: str = "live-server"
+) -> Iterator[tuple[str, T]]:
+    """``app`` under uvicorn on 127.0.0.1 in a thread with its own event loop, on a database migrated and then
+    ``prepare``d inside that loop; yields the base URL and what ``prepare`` returned."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    prepared: list[T] = []
+    failure: list[BaseException] = []
+
+    async def run() -> None:
+        try:
+            app.state.ctx.settings.data_dir.mkdir(parents=True, exist_ok=True)
+            await upgrade(app.state.ctx.db.engine)
+            prepared.append(await prepare(app))
+        except BaseException as exc:
+            failure.append(exc)
+            raise
+        await server.serve()
+
+    thread = threading.Thread(target=asyncio.run, args=(run(),), name=name, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if failure:
+            raise RuntimeError("the live server could not start") from failure[0]
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the live server did not start within 30 s")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}", prepared[0]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)

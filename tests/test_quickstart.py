@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -93,22 +94,14 @@ def test_demo_is_idempotent_and_deterministic(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.browser
-async def test_the_printed_village_doctor_signs_in_in_the_browser(demo: Demo) -> None:
-    from playwright.async_api import async_playwright, expect
+async def test_the_printed_village_doctor_signs_in_in_the_browser(demo: Demo, browser: Any) -> None:
+    from playwright.async_api import expect
 
-    from tests.web.test_browser import CHROMIUM, CHROMIUM_ARGS
-
-    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: apt-get install -y chromium"
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = await (await browser.new_context(base_url=demo.url)).new_page()
-            await page.goto("/login")
-            await page.get_by_label("用户名", exact=True).fill(demo.username)
-            await page.get_by_label("密码", exact=True).fill(demo.password)
-            await page.get_by_role("button", name="登录").click()
-            await page.wait_for_url("**/home")
-            await expect(page.locator("#me-role")).to_have_text("村医")
-            await expect(page.locator("#me-facility")).to_contain_text("卫生室")
-        finally:
-            await browser.close()
+    page = await (await browser.new_context(base_url=demo.url)).new_page()
+    await page.goto("/login")
+    await page.get_by_label("用户名", exact=True).fill(demo.username)
+    await page.get_by_label("密码", exact=True).fill(demo.password)
+    await page.get_by_role("button", name="登录").click()
+    await page.wait_for_url("**/home")
+    await expect(page.locator("#me-role")).to_have_text("村医")
+    await expect(page.locator("#me-facility")).to_contain_text("卫生室")

@@ -8,35 +8,22 @@ browser: a machine without /usr/bin/chromium fails these tests rather than skipp
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pydicom
 import pytest
-import uvicorn
-from playwright.async_api import Browser, ConsoleMessage, Page, Request, async_playwright, expect
+from playwright.async_api import Browser, Page, Request, expect
 
 from telemed.app import create_app
 from telemed.core.config import Environment, Settings
-from telemed.core.schema import upgrade
-from tests.conftest import PASSWORD, Community, free_port, seed_community
+from tests.conftest import PASSWORD, Community, PageProblems, seed_community, serve_in_thread
 from tests.imaging.helpers import small_study, stow
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SLICES = 5
 
 
@@ -45,17 +32,6 @@ class LiveServer:
     url: str
     community: Community
     study_uid: str
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Path:
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"{CHROMIUM} is missing: install Debian's browser with `apt-get install -y chromium` "
-            "(the browser tests never download one)",
-            pytrace=False,
-        )
-    return CHROMIUM
 
 
 async def _seed_study(url: str, community: Community, directory: Path) -> str:
@@ -78,59 +54,9 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         dicom_port=0,
     )
     app = create_app(settings, configure_logs=False)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    seeded: list[Community] = []
-    failure: list[BaseException] = []
-
-    async def run() -> None:
-        try:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-            await upgrade(app.state.ctx.db.engine)
-            seeded.append(await seed_community(app))
-        except BaseException as exc:
-            failure.append(exc)
-            raise
-        await server.serve()
-
-    thread = threading.Thread(target=asyncio.run, args=(run(),), name="viewer-live-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if failure:
-            raise RuntimeError("the live server could not start") from failure[0]
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the live server did not start within 30 s")
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        study_uid = asyncio.run(_seed_study(url, seeded[0], tmp_path_factory.mktemp("viewer-study")))
-        yield LiveServer(url=url, community=seeded[0], study_uid=study_uid)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-
-
-@pytest.fixture
-async def browser(chromium: Path) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        instance = await playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
-        try:
-            yield instance
-        finally:
-            await instance.close()
-
-
-class PageProblems:
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-
-    def console(self, message: ConsoleMessage) -> None:
-        if message.type == "error" and "Failed to load resource" not in message.text:
-            self.messages.append(message.text)
-
-    def page_error(self, error: Exception) -> None:
-        self.messages.append(str(error))
+    with serve_in_thread(app, seed_community, name="viewer-live-server") as (url, community):
+        study_uid = asyncio.run(_seed_study(url, community, tmp_path_factory.mktemp("viewer-study")))
+        yield LiveServer(url=url, community=community, study_uid=study_uid)
 
 
 async def sign_in(page: Page, username: str) -> None:

@@ -6,32 +6,23 @@ would hide a broken page.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import threading
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.resources import files
-from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from referral.plugin import plugin
 from telemed.app import create_app
 from telemed.core.config import Environment, Settings
-from telemed.core.schema import upgrade
 from telemed.org.idcard import make_id_number
-from tests.conftest import PASSWORD, Community, free_port, seed_community
+from tests.conftest import PASSWORD, Community, PageProblems, seed_community, serve_in_thread
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-sync",
-                 "--disable-component-update", "--no-first-run"]  # fmt: skip
 DEFAULT_TEXT = files("referral").joinpath("policies", "default.yaml").read_text(encoding="utf-8")
 
 
@@ -43,79 +34,26 @@ class Live:
 
 
 @pytest.fixture(scope="module")
-def chromium() -> Path:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium` (never downloaded)", pytrace=False)
-    return CHROMIUM
-
-
-@pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     settings = Settings(environment=Environment.test, data_dir=tmp_path_factory.mktemp("referral-browser"))
     app = create_app(settings, domains=[plugin], configure_logs=False)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    seeded: list[Community] = []
-    failure: list[BaseException] = []
-
-    async def run() -> None:
-        try:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-            await upgrade(app.state.ctx.db.engine)
-            seeded.append(await seed_community(app))
-        except BaseException as exc:
-            failure.append(exc)
-            raise
-        await server.serve()
-
-    thread = threading.Thread(target=asyncio.run, args=(run(),), name="referral-live-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if failure or time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the live server did not start") from (failure[0] if failure else None)
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}"
-    with httpx.Client(base_url=url) as http:
-        token = http.post("/api/v1/auth/token", data={"username": "vd_a1", "password": PASSWORD}).json()
-        created = http.post(
-            "/api/v1/patients",
-            json={"name": "张卫国", "id_number": make_id_number("331121", dt.date(1956, 4, 9), 71)},
-            headers={"Authorization": f"Bearer {token['access_token']}"},
-        )
-        assert created.status_code == 201, created.text
-    yield Live(url=url, community=seeded[0], patient_id=created.json()["id"])
-    server.should_exit = True
-    thread.join(timeout=15)
+    with serve_in_thread(app, seed_community, name="referral-live-server") as (url, community):
+        with httpx.Client(base_url=url) as http:
+            token = http.post("/api/v1/auth/token", data={"username": "vd_a1", "password": PASSWORD}).json()
+            created = http.post(
+                "/api/v1/patients",
+                json={"name": "张卫国", "id_number": make_id_number("331121", dt.date(1956, 4, 9), 71)},
+                headers={"Authorization": f"Bearer {token['access_token']}"},
+            )
+            assert created.status_code == 201, created.text
+        yield Live(url=url, community=community, patient_id=created.json()["id"])
 
 
-@pytest.fixture
-async def browser(chromium: Path) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        instance = await playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
-        try:
-            yield instance
-        finally:
-            await instance.close()
-
-
-class Problems:
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-
-    def console(self, message: ConsoleMessage) -> None:
-        if message.type == "error" and "Failed to load resource" not in message.text:
-            self.messages.append(message.text)
-
-    def page_error(self, error: Exception) -> None:
-        self.messages.append(str(error))
-
-
-async def open_page(browser: Browser, live: Live, *, width: int = 1280) -> tuple[Page, Problems]:
+async def open_page(browser: Browser, live: Live, *, width: int = 1280) -> tuple[Page, PageProblems]:
     context = await browser.new_context(viewport={"width": width, "height": 900}, locale="en-US", base_url=live.url)
     context.set_default_timeout(10_000)
     page = await context.new_page()
-    problems = Problems()
+    problems = PageProblems()
     page.on("console", problems.console)
     page.on("pageerror", problems.page_error)
     return page, problems

@@ -9,37 +9,25 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, async_playwright, expect
+from fastapi import FastAPI
+from playwright.async_api import Browser, BrowserContext, Page, expect
 
 from telemed.app import create_app
 from telemed.core.auth import Role, UserAccount
 from telemed.core.config import Environment, Settings
 from telemed.core.plugins import DomainPlugin, NavLink
-from telemed.core.schema import upgrade
 from telemed.core.security import hash_password
 from telemed.org.idcard import make_id_number
-from tests.conftest import PASSWORD, Community, free_port, seed_community
+from tests.conftest import PASSWORD, Community, PageProblems, seed_community, serve_in_thread
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SCREENSHOT_DIR = Path("/tmp")
 #: An account of its own for the lockout test, so that locking it cannot disturb the other tests.
 LOCKABLE = "vd_lockable"
@@ -60,86 +48,29 @@ class LiveServer:
 
 
 @pytest.fixture(scope="module")
-def chromium() -> Path:
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"{CHROMIUM} is missing: install Debian's browser with `apt-get install -y chromium` "
-            "(the browser tests never download one)",
-            pytrace=False,
-        )
-    return CHROMIUM
-
-
-@pytest.fixture(scope="module")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """The app under uvicorn on 127.0.0.1 in a thread with its own event loop, on a migrated, seeded database."""
     settings = Settings(environment=Environment.test, data_dir=tmp_path_factory.mktemp("browser-data"), redis_url=None)
     app = create_app(settings, domains=[REFERRAL_DOMAIN], configure_logs=False)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    seeded: list[Community] = []
-    failure: list[BaseException] = []
 
-    async def run() -> None:
-        try:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-            await upgrade(app.state.ctx.db.engine)
-            community = await seed_community(app)
-            async with app.state.ctx.db.session() as session, session.begin():
-                session.add(
-                    UserAccount(
-                        username=LOCKABLE,
-                        password_hash=hash_password(PASSWORD),
-                        display_name="测试锁定",
-                        role=Role.village_doctor.value,
-                        facility_id=community.facilities["clinic_a1"],
-                        disabled=False,
-                        failed_attempts=0,
-                    )
+    async def prepare(app: FastAPI) -> Community:
+        community = await seed_community(app)
+        async with app.state.ctx.db.session() as session, session.begin():
+            session.add(
+                UserAccount(
+                    username=LOCKABLE,
+                    password_hash=hash_password(PASSWORD),
+                    display_name="测试锁定",
+                    role=Role.village_doctor.value,
+                    facility_id=community.facilities["clinic_a1"],
+                    disabled=False,
+                    failed_attempts=0,
                 )
-            seeded.append(community)
-        except BaseException as exc:
-            failure.append(exc)
-            raise
-        await server.serve()
+            )
+        return community
 
-    thread = threading.Thread(target=asyncio.run, args=(run(),), name="live-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if failure:
-            raise RuntimeError("the live server could not start") from failure[0]
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the live server did not start within 30 s")
-        time.sleep(0.05)
-    yield LiveServer(url=f"http://127.0.0.1:{port}", community=seeded[0])
-    server.should_exit = True
-    thread.join(timeout=15)
-
-
-@pytest.fixture
-async def browser(chromium: Path) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        instance = await playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
-        try:
-            yield instance
-        finally:
-            await instance.close()
-
-
-class PageProblems:
-    """Script errors and CSP refusals a page reports; a test ends by asserting there were none."""
-
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-
-    def console(self, message: ConsoleMessage) -> None:
-        # A refused request (401 for a wrong password) is logged by the browser itself; that is expected.
-        if message.type == "error" and "Failed to load resource" not in message.text:
-            self.messages.append(message.text)
-
-    def page_error(self, error: Exception) -> None:
-        self.messages.append(str(error))
+    with serve_in_thread(app, prepare) as (url, community):
+        yield LiveServer(url=url, community=community)
 
 
 @dataclass
