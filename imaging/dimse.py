@@ -317,8 +317,11 @@ async def store_received_file(ctx: AppContext, path: Path, node: NodeInfo) -> Ou
             outcome = refused(0, FailureReason.processing_failure, "imaging.read_failed", "Unreadable data set.")
         else:
             prepared = await prepare_batch(uow, [item], sender)
-            audit_outcomes(uow, prepared.outcomes, source="dimse", calling_ae=node.ae_title)
-            await finish_batch(uow, prepared)
+            try:
+                audit_outcomes(uow, prepared.outcomes, source="dimse", calling_ae=node.ae_title)
+                await finish_batch(uow, prepared)
+            finally:
+                prepared.release()
             return prepared.outcomes[0]
         audit_outcomes(uow, [outcome], source="dimse", calling_ae=node.ae_title)
         await uow.commit()

@@ -250,6 +250,33 @@ class Prepared:
     written: list[str] = field(default_factory=list)
     #: Blobs written but not referenced (duplicates, refusals, a concurrent sender won): deleted once settled.
     discard: list[str] = field(default_factory=list)
+    #: The process's ingest turn, held from staging to commit (SQLite only); see :func:`ingest_turn`.
+    turn: asyncio.Lock | None = None
+
+    def release(self) -> None:
+        """Give up the ingest turn (idempotent): :func:`finish_batch` does it, callers do it on their way out."""
+        turn, self.turn = self.turn, None
+        if turn is not None and turn.locked():
+            turn.release()
+
+
+_TURN_KEY: Final = "imaging.ingest_turn"
+
+
+def ingest_turn(uow: UnitOfWork) -> asyncio.Lock | None:
+    """The lock that lets one ingest transaction of this process at a time hold SQLite's write lock.
+
+    SQLite admits one writer; a second ``BEGIN IMMEDIATE`` waits in SQLite's busy handler, which sleeps 1, 2, 5,
+    10 ... ms between tries, so four concurrent senders spent more time asleep than storing. Queuing them on an
+    asyncio lock instead hands the write lock over the moment it is free. PostgreSQL needs no such turn.
+    """
+    ctx = uow.ctx
+    if not ctx.db.is_sqlite:
+        return None
+    lock: asyncio.Lock | None = ctx.extras.get(_TURN_KEY)
+    if lock is None:
+        lock = ctx.extras[_TURN_KEY] = asyncio.Lock()
+    return lock
 
 
 #: Batches up to this size write their blobs while the index statements run (the commit still waits for every
@@ -279,12 +306,17 @@ async def prepare_batch(uow: UnitOfWork, received: Sequence[Received], sender: S
     keys = {uid: new_blob_key(item.header) for uid, item in primaries.items()}
     storage = uow.ctx.storage
     writes = asyncio.ensure_future(_write_blobs(storage, [(item, keys[uid]) for uid, item in primaries.items()]))
+    turn = ingest_turn(uow)
     try:
         if sum(item.size for item in items) > OVERLAP_BYTES:
             await asyncio.shield(writes)
+        if turn is not None:
+            await turn.acquire()
+            prepared.turn = turn
         staged = await _stage_rows(uow, items, keys, sender, prepared)
         written = await asyncio.shield(writes)
     except BaseException:
+        prepared.release()
         with contextlib.suppress(BaseException):
             await writes  # let the writes finish, or the deletes below could race them
         await delete_blobs(storage, keys.values())
@@ -292,6 +324,7 @@ async def prepare_batch(uow: UnitOfWork, received: Sequence[Received], sender: S
     if not all(written):
         # A blob could not be written (disk full, storage down): nothing of the batch is indexed.
         await uow.session.rollback()
+        prepared.release()
         await delete_blobs(storage, keys.values())
         refusals = [
             refused(item.index, FailureReason.out_of_resources, "imaging.storage_failed",
@@ -393,9 +426,11 @@ async def finish_batch(uow: UnitOfWork, prepared: Prepared) -> None:
     try:
         await uow.commit()
     except BaseException:
+        prepared.release()
         await delete_blobs(uow.ctx.storage, prepared.written)
         await delete_blobs(uow.ctx.storage, prepared.discard)
         raise
+    prepared.release()
     await delete_blobs(uow.ctx.storage, prepared.discard)
 
 

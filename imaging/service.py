@@ -171,8 +171,11 @@ async def store_instances(
         pending_bytes = 0
         try:
             prepared = await prepare_batch(uow, batch, sender)
-            audited = audit_outcomes(uow, [*unaudited, *prepared.outcomes], source="stow") > 0 or audited
-            await finish_batch(uow, prepared)
+            try:
+                audited = audit_outcomes(uow, [*unaudited, *prepared.outcomes], source="stow") > 0 or audited
+                await finish_batch(uow, prepared)
+            finally:
+                prepared.release()
         finally:
             await _remove_files(item.path for item in batch)
         result.outcomes.extend(prepared.outcomes)

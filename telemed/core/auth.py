@@ -9,6 +9,7 @@ every token names a server-side session that is checked on each request.
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -31,6 +32,11 @@ from telemed.core.security import (
 
 #: last_seen_at is written at most this often, so that reads do not all turn into writes.
 TOUCH_EVERY: Final = dt.timedelta(seconds=30)
+#: How long a checked session is trusted without a database look-up. Revocation in this process (sign-out, a
+#: disabled account, a reused refresh token) forgets it at once; another worker process may still accept the
+#: session for at most this long. The token's signature and expiry are checked on every request regardless.
+PRINCIPAL_CACHE_SECONDS: Final = 1.0
+_PRINCIPAL_CACHE_SIZE: Final = 4096
 
 
 class Role(StrEnum):
@@ -241,6 +247,7 @@ async def refresh_session(
         raise SessionEnded()
     account = await session.get(UserAccount, record.user_id)
     if account is None or account.disabled or now - record.last_seen_at > _idle_limit(settings):
+        _checked_sessions.forget_session(record.id)
         record.revoked_at = now
         await session.flush()
         raise SessionEnded()
@@ -252,6 +259,7 @@ async def refresh_session(
 
 
 async def revoke_session(session: AsyncSession, session_id: uuid.UUID) -> None:
+    _checked_sessions.forget_session(session_id)
     await session.execute(
         update(AuthSession)
         .where(AuthSession.id == session_id, AuthSession.revoked_at.is_(None))
@@ -260,6 +268,7 @@ async def revoke_session(session: AsyncSession, session_id: uuid.UUID) -> None:
 
 
 async def revoke_all_sessions(session: AsyncSession, user_id: uuid.UUID) -> None:
+    _checked_sessions.forget_user(user_id)
     await session.execute(
         update(AuthSession)
         .where(AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None))
@@ -275,12 +284,16 @@ async def resolve_principal(
     claims = signer.verify(token, now=now)
     if claims is None:
         raise Unauthenticated("登录凭证无效或已过期", "The access token is invalid or has expired")
+    session_id = uuid.UUID(claims.session_id)
+    cached = _checked_sessions.get(session_id)
+    if cached is not None:
+        return cached
     async with db_sessions.begin():
         row = (
             await db_sessions.execute(
                 select(AuthSession, UserAccount)
                 .join(UserAccount, UserAccount.id == AuthSession.user_id)
-                .where(AuthSession.id == uuid.UUID(claims.session_id))
+                .where(AuthSession.id == session_id)
             )
         ).one_or_none()
         if row is None:
@@ -295,7 +308,7 @@ async def resolve_principal(
             await db_sessions.execute(
                 update(AuthSession).where(AuthSession.id == auth_session.id).values(last_seen_at=now)
             )
-    return Principal(
+    principal = Principal(
         user_id=account.id,
         username=account.username,
         display_name=account.display_name,
@@ -303,3 +316,44 @@ async def resolve_principal(
         facility_id=account.facility_id,
         session_id=auth_session.id,
     )
+    _checked_sessions.put(principal)
+    return principal
+
+
+class _CheckedSessions:
+    """Sessions checked against the database in the last :data:`PRINCIPAL_CACHE_SECONDS` (one per process).
+
+    A signed-in client sending a burst of requests (a village clinic's STOW of a study, a viewer scrolling a
+    series) then pays for one session look-up a second instead of one per request.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[uuid.UUID, tuple[float, Principal]] = {}
+
+    def get(self, session_id: uuid.UUID) -> Principal | None:
+        entry = self._entries.get(session_id)
+        if entry is None:
+            return None
+        if time.monotonic() >= entry[0]:
+            self._entries.pop(session_id, None)
+            return None
+        return entry[1]
+
+    def put(self, principal: Principal) -> None:
+        if len(self._entries) >= _PRINCIPAL_CACHE_SIZE:
+            now = time.monotonic()
+            for key in [key for key, (expires, _) in self._entries.items() if expires <= now]:
+                del self._entries[key]
+            if len(self._entries) >= _PRINCIPAL_CACHE_SIZE:
+                self._entries.clear()
+        self._entries[principal.session_id] = (time.monotonic() + PRINCIPAL_CACHE_SECONDS, principal)
+
+    def forget_session(self, session_id: uuid.UUID) -> None:
+        self._entries.pop(session_id, None)
+
+    def forget_user(self, user_id: uuid.UUID) -> None:
+        for key in [key for key, (_, principal) in self._entries.items() if principal.user_id == user_id]:
+            del self._entries[key]
+
+
+_checked_sessions: Final = _CheckedSessions()

@@ -332,3 +332,43 @@ async def test_many_instances_in_one_request_are_stored_in_batches(
     assert len(sequence(response.json(), REFERENCED)) == 30
     async with app.state.ctx.db.read_session() as session:
         assert len((await session.scalars(select(ImagingInstance.id))).all()) == 30
+
+
+async def test_concurrent_senders_take_turns_and_lose_nothing(
+    app: FastAPI, client: httpx.AsyncClient, community: Community, tmp_path: Path
+) -> None:
+    """Eight STOW-RS requests at once into one study (SQLite queues them on the ingest turn): every instance is
+    stored once, the one UID sent twice with other bytes is refused once, and the turn is free afterwards."""
+    import asyncio
+
+    from imaging.ingest import _TURN_KEY
+
+    headers = await community.login(client, "vd_a1")
+    study_uid, series_uid = new_uid(), new_uid()
+    paths = small_study(tmp_path / "many", 8, study_uid=study_uid, series_uid=series_uid)
+    clash = make_ct_slice(
+        tmp_path / "clash.dcm",
+        study_uid=study_uid,
+        series_uid=series_uid,
+        sop_uid=_sop_uid(paths[0]),
+        patient_name="Li^Si=李^四",
+        charset="GB18030",
+        rows=64,
+        cols=64,
+    )
+
+    responses = await asyncio.gather(*(stow(client, headers, [path]) for path in [*paths, clash]))
+
+    statuses = sorted(response.status_code for response in responses)
+    assert statuses.count(200) == 8
+    assert statuses.count(409) == 1  # the later of the two bytes under one UID; the first is kept
+    assert await count_rows(app.state.ctx) == 8
+    assert await count_blobs(app.state.ctx) == 8
+    turn = app.state.ctx.extras.get(_TURN_KEY)
+    assert turn is None or not turn.locked()
+
+
+def _sop_uid(path: Path) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
