@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 from functools import partial
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from telemed.core.config import Settings
 from telemed.core.context import AppContext
@@ -89,6 +90,17 @@ def create_app(
     app.state.domains = list(domains)
     install_error_handlers(app)
     install_request_middleware(app, metrics)
+    if settings.cors_origins:
+        # Outermost, so that a preflight is answered before sign-in is asked for (an OHIF viewer on its own
+        # origin browsing /dicomweb). Bearer tokens only: no cookies, so no credentials mode.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Accept", "Accept-Language"],
+            expose_headers=["Content-Location", "Location", "Warning", "Content-Disposition", "Content-Length"],
+            max_age=600,
+        )
     for router in (ops_router, core_router, notify_router, org_router):
         app.include_router(router)
     for domain in domains:

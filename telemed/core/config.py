@@ -6,6 +6,7 @@ and files under the data folder; production points the same code at PostgreSQL, 
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
@@ -15,6 +16,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SECRET_KEY: Final = "telemed-development-secret-do-not-use-in-production"
+_ORIGIN: Final = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+")
 
 
 class Environment(StrEnum):
@@ -50,6 +52,10 @@ class Settings(BaseSettings):
 
     #: Domains to leave out of this deployment (entry-point names), e.g. ``imaging`` where a PACS exists.
     disabled_domains: list[str] = Field(default_factory=list)
+    #: Browser origins allowed to call the API across origins (CORS), e.g. an OHIF viewer served elsewhere:
+    #: ``TELEMED_CORS_ORIGINS='["https://ohif.county.example"]'``. Empty (the default) allows none. Requests carry
+    #: bearer tokens, never cookies, so credentials are not allowed either way.
+    cors_origins: list[str] = Field(default_factory=list)
     #: Where the DICOM listener binds (imaging domain).
     dicom_port: int = 11112
     dicom_ae_title: str = "TELEMED"
@@ -75,6 +81,11 @@ class Settings(BaseSettings):
                 raise InsecureSettings("TELEMED_FIELD_KEYS must be set in production")
             if self.chaos_kill_after_commit:
                 raise InsecureSettings("TELEMED_CHAOS_KILL_AFTER_COMMIT is a test hook, refused in production")
+            if "*" in self.cors_origins:
+                raise InsecureSettings("TELEMED_CORS_ORIGINS must name the viewer's origins in production, not '*'")
+        for origin in self.cors_origins:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"TELEMED_CORS_ORIGINS: {origin!r} is not an origin like https://viewer.example:8443")
         return self
 
     @cached_property
