@@ -6,7 +6,9 @@ The order of work is what makes ingest crash-safe (PS3.18 §10.5 and PS3.4 B.2.3
 2. look up which SOP Instance UIDs are already stored (a read transaction, so no write lock is held): the same
    bytes again are a success without a second copy, other bytes under a stored UID are refused (the original is
    kept), as the unique constraint on the UID will insist anyway;
-3. write each new file to blob storage durably (fsync, rename, fsync of the directory) under a key of its own;
+3. move each new file into blob storage durably (fsync, rename, fsync of both directories; a copy where the
+   spool and the blobs are on different volumes, an upload for S3) under a key of its own, so a 2 GB upload is
+   written once, not twice;
 4. insert the index rows in one transaction, which commits before anything is acknowledged.
 
 A crash between 3 and 4 leaves a blob that no row names: harmless, and ``telemed imaging repair`` removes it. An
@@ -468,13 +470,17 @@ async def delete_blobs(storage: BlobStorage, keys: Iterable[str]) -> None:
 
 
 async def _write_blobs(storage: BlobStorage, items: Sequence[tuple[Received, str]]) -> list[bool]:
-    """Write the files durably, several at a time (each put waits for its own fsyncs)."""
+    """Move the files into storage durably, several at a time (each put waits for its own fsyncs).
+
+    The received files are the caller's spool or temporary files, read (header and hash) before this: nothing
+    reads them afterwards, and a failed move leaves them where they were for the caller to remove.
+    """
     limit = asyncio.Semaphore(4)
 
     async def write(item: Received, key: str) -> bool:
         async with limit:
             try:
-                await storage.put_file(key, item.path)
+                await storage.put_file(key, item.path, move=True)
             except Exception:
                 log.exception("writing a DICOM blob failed")
                 return False

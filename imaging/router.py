@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
-import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -14,10 +13,10 @@ from types import ModuleType
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from imaging import qido, service, wado
-from imaging.errors import BadQuery, FrameNotFound, ImagingNotFound, NotAcceptable, NotImplementedYet
+from imaging.errors import BadQuery, BlobMissing, FrameNotFound, ImagingNotFound, NotAcceptable, NotImplementedYet
 from imaging.ingest import Outcome
 from imaging.repository import StoredInstance
 from imaging.schemas import DicomNodeCreate, DicomNodeRead
@@ -247,29 +246,18 @@ async def _retrieve(
     storage = uow.ctx.storage
     if not multipart:
         return await _single_file(storage, found[0])
-    if len(found) == 1:
-        await wado.ensure_blob(storage, found[0].blob_key)
     boundary = wado.new_boundary()
-    return StreamingResponse(
-        wado.multipart_instances(storage, found, boundary, dicomweb_root(request)),
-        media_type=wado.multipart_content_type(boundary, wado.DICOM),
-        headers=NO_STORE,
-    )
+    # Streamed part by part, block by block, from whichever storage holds the files: a study never sits in
+    # memory. The first blob is opened before the response starts, so that a missing one is a 503, not a cut.
+    body = await wado.start_stream(wado.multipart_instances(storage, found, boundary, dicomweb_root(request)))
+    return StreamingResponse(body, media_type=wado.multipart_content_type(boundary, wado.DICOM), headers=NO_STORE)
 
 
 async def _single_file(storage: BlobStorage, instance: StoredInstance) -> Response:
+    """One instance as ``application/dicom``, streamed from storage with its length from the index."""
     media_type = f"{wado.DICOM}; transfer-syntax={instance.transfer_syntax_uid}"
-    path = wado.blob_path(storage, instance.blob_key)
-    if path is not None:
-        if not await asyncio.to_thread(path.is_file):
-            await wado.ensure_blob(storage, instance.blob_key)
-        return FileResponse(path, media_type=media_type, headers=NO_STORE)
-    try:
-        data = await storage.get(instance.blob_key)
-    except BlobNotFound:
-        await wado.ensure_blob(storage, instance.blob_key)
-        raise
-    return Response(content=data, media_type=media_type, headers=NO_STORE)
+    body = await wado.start_stream(storage.open_chunks(instance.blob_key))
+    return StreamingResponse(body, media_type=media_type, headers={**NO_STORE, "Content-Length": str(instance.size)})
 
 
 @dicomweb.get("/studies/{study_uid}", response_class=Response, summary="WADO-RS: retrieve a study")
@@ -300,27 +288,17 @@ async def retrieve_instance(
 
 
 async def _with_file(storage: BlobStorage, key: str, work: Callable[[Path], Any]) -> Any:
-    """Run blocking ``work`` on the instance file (a temporary copy when storage is not local files)."""
-    path = wado.blob_path(storage, key)
-    if path is not None:
-        try:
-            return await asyncio.to_thread(work, path)
-        except FileNotFoundError:
-            await wado.ensure_blob(storage, key)
-            raise
+    """Run blocking ``work`` on the instance file: the stored file itself on local storage, a temporary download
+    (removed afterwards) on object storage."""
     try:
-        data = await storage.get(key)
+        async with storage.local_file(key) as path:
+            try:
+                return await asyncio.to_thread(work, path)
+            except FileNotFoundError:  # removed under our feet: 503 if the blob is really gone
+                await wado.ensure_blob(storage, key)
+                raise
     except BlobNotFound:
-        await wado.ensure_blob(storage, key)
-        raise
-
-    def in_temporary_file() -> Any:
-        with tempfile.NamedTemporaryFile(suffix=".dcm") as copy:
-            copy.write(data)
-            copy.flush()
-            return work(Path(copy.name))
-
-    return await asyncio.to_thread(in_temporary_file)
+        raise BlobMissing() from None
 
 
 @dicomweb.get(
@@ -352,6 +330,11 @@ async def retrieve_frames(
     if instance.number_of_frames < 1:
         raise FrameNotFound()
     layouts: wado.PixelLayoutCache = uow.ctx.extras.setdefault(_LAYOUTS_KEY, wado.PixelLayoutCache())
+    known = layouts.get(instance.blob_key)
+    if known is not None and wado.is_native(known):
+        # The layout of this blob is known (keys are never reused): read just the frames, by byte range.
+        ranged = await wado.read_native_frames(uow.ctx.storage, instance.blob_key, known, numbers)
+        return _frames_response(ranged, instance.transfer_syntax_uid, multipart)
 
     def read(path: Path) -> list[bytes]:
         with open(path, "rb") as file:
@@ -367,7 +350,11 @@ async def retrieve_frames(
         if isinstance(error, FileNotFoundError):
             raise
         raise FrameNotFound() from None
-    media_type = wado.frame_media_type(instance.transfer_syntax_uid)
+    return _frames_response(frames, instance.transfer_syntax_uid, multipart)
+
+
+def _frames_response(frames: list[bytes], transfer_syntax_uid: str, multipart: bool) -> Response:
+    media_type = wado.frame_media_type(transfer_syntax_uid)
     if not multipart:
         return Response(content=frames[0], media_type=media_type, headers=NO_STORE)
     boundary = wado.new_boundary()

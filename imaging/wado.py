@@ -8,14 +8,12 @@ every viewer we target decodes the common syntaxes, and refusing would only leav
 
 from __future__ import annotations
 
-import asyncio
 import struct
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any, Final
 
 import pydicom
@@ -24,7 +22,7 @@ from pydicom.uid import UID
 
 from imaging.errors import BlobMissing, FrameNotFound, NotAcceptable
 from imaging.repository import StoredInstance
-from telemed.core.storage import BlobNotFound, BlobStorage, FileStorage, check_key
+from telemed.core.storage import BlobNotFound, BlobStorage
 
 DICOM: Final = "application/dicom"
 OCTET_STREAM: Final = "application/octet-stream"
@@ -121,42 +119,48 @@ def _part_header(boundary: str, content_type: str, length: int, location: str | 
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-def blob_path(storage: BlobStorage, key: str) -> Path | None:
-    """The file behind a blob when storage is local files (so that it can be streamed); None otherwise."""
-    if isinstance(storage, FileStorage):
-        return storage.root / check_key(key)
-    return None
-
-
-async def blob_chunks(storage: BlobStorage, key: str) -> AsyncIterator[bytes]:
-    path = blob_path(storage, key)
-    if path is None:
-        yield await storage.get(key)
-        return
+async def start_stream(chunks: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+    """``chunks`` with its first block already pulled: a blob that is missing fails now, as a 503 (the index
+    names it, so it should be there), rather than after the response headers have gone out."""
     try:
-        file = await asyncio.to_thread(open, path, "rb")
-    except FileNotFoundError:
-        raise BlobNotFound(key) from None
-    try:
-        while block := await asyncio.to_thread(file.read, _CHUNK):
-            yield block
-    finally:
-        await asyncio.to_thread(file.close)
+        first = await anext(chunks, None)
+    except BlobNotFound:
+        raise BlobMissing() from None
+
+    async def rest() -> AsyncGenerator[bytes, None]:
+        try:
+            if first is not None:
+                yield first
+            async for block in chunks:
+                yield block
+        finally:
+            await chunks.aclose()
+
+    return rest()
 
 
 async def multipart_instances(
     storage: BlobStorage, instances: Sequence[StoredInstance], boundary: str, root: str
-) -> AsyncIterator[bytes]:
-    """The stored files as ``multipart/related; type="application/dicom"``, one file in memory at most."""
+) -> AsyncGenerator[bytes, None]:
+    """The stored files as ``multipart/related; type="application/dicom"``, streamed from storage block by block:
+    one block in memory at a time, however large the study. Each blob is opened before its part header goes out,
+    so a missing first blob is an error before the response starts (see :func:`start_stream`)."""
     for instance in instances:
         location = (
             f"{root}/studies/{instance.study_uid}/series/{instance.series_uid}/instances/{instance.sop_instance_uid}"
         )
-        yield _part_header(
-            boundary, f"{DICOM}; transfer-syntax={instance.transfer_syntax_uid}", instance.size, location
-        )
-        async for block in blob_chunks(storage, instance.blob_key):
-            yield block
+        chunks = storage.open_chunks(instance.blob_key, chunk_size=_CHUNK)
+        try:
+            first = await anext(chunks, b"")
+            yield _part_header(
+                boundary, f"{DICOM}; transfer-syntax={instance.transfer_syntax_uid}", instance.size, location
+            )
+            if first:
+                yield first
+            async for block in chunks:
+                yield block
+        finally:
+            await chunks.aclose()
         yield b"\r\n"
     yield f"--{boundary}--\r\n".encode("ascii")
 
@@ -250,17 +254,46 @@ def pixel_layout(file: IO[bytes]) -> PixelLayout:
     return PixelLayout(value_offset, length, frame_size, frames, bool(is_little))
 
 
+def is_native(layout: PixelLayout) -> bool:
+    """Native (not encapsulated) pixel data: frame ``n`` lies at a known offset, readable without the rest."""
+    return layout.value_length != _UNDEFINED_LENGTH
+
+
+def native_frame_start(layout: PixelLayout, number: int) -> int:
+    """Where native frame ``number`` (1-based) starts in the file; its length is ``layout.frame_size``."""
+    if not 1 <= number <= layout.number_of_frames or not is_native(layout):
+        raise FrameNotFound()
+    if number * layout.frame_size > layout.value_length:
+        raise FrameNotFound()
+    return layout.value_offset + (number - 1) * layout.frame_size
+
+
+async def read_native_frames(
+    storage: BlobStorage, key: str, layout: PixelLayout, numbers: Sequence[int]
+) -> list[bytes]:
+    """Native frames by byte ranges of the blob, once its layout is known: on object storage a viewer paging
+    through a large multi-frame instance fetches each frame, not the whole file each time."""
+    starts = [native_frame_start(layout, number) for number in numbers]
+    frames: list[bytes] = []
+    try:
+        for start in starts:
+            chunks = storage.open_chunks(
+                key, chunk_size=max(layout.frame_size, 1), start=start, length=layout.frame_size
+            )
+            frames.append(b"".join([block async for block in chunks]))
+    except BlobNotFound:
+        raise BlobMissing() from None
+    return frames
+
+
 def read_frames(file: IO[bytes], layout: PixelLayout, numbers: Sequence[int]) -> list[bytes]:
     """The frames ``numbers`` (1-based) of an open file."""
     frames: list[bytes] = []
     for number in numbers:
         if not 1 <= number <= layout.number_of_frames:
             raise FrameNotFound()
-        if layout.value_length != _UNDEFINED_LENGTH:
-            start = layout.value_offset + (number - 1) * layout.frame_size
-            if (number - 1) * layout.frame_size + layout.frame_size > layout.value_length:
-                raise FrameNotFound()
-            file.seek(start)
+        if is_native(layout):
+            file.seek(native_frame_start(layout, number))
             frames.append(file.read(layout.frame_size))
             continue
         file.seek(layout.value_offset)

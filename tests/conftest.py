@@ -379,3 +379,72 @@ def serve_in_thread(
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+# ------------------------------------------------------------------------------------------------ object storage
+
+#: moto's S3 server in a child process on 127.0.0.1 (a real HTTP endpoint; its copies of uploaded bytes do not count
+#: in this process's memory), printing its port and stopping when its stdin closes.
+_MOTO_SERVER = """
+import logging
+import sys
+logging.getLogger("werkzeug").setLevel(logging.ERROR)
+from moto.server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print(server.get_host_and_port()[1], flush=True)
+sys.stdin.read()
+server.stop()
+"""
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """The URL of one moto S3 server for the whole run; each test makes a bucket of its own."""
+    child = subprocess.Popen([sys.executable, "-c", _MOTO_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)  # fmt: skip
+    try:
+        assert child.stdout is not None
+        port = int(child.stdout.readline())
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake credentials in the environment (boto3's chain, and any ``telemed`` subprocess, read them there)."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+def s3_client(endpoint: str) -> Any:
+    """A plain boto3 client on the moto server, to look at or tamper with the bucket behind the storage."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1", config=Config(s3={"addressing_style": "path"})
+    )
+
+
+def new_s3_bucket(endpoint: str) -> str:
+    name = f"telemed-{uuid.uuid4().hex[:12]}"
+    s3_client(endpoint).create_bucket(Bucket=name)
+    return name
+
+
+def s3_url(endpoint: str, bucket: str, prefix: str = "county/images") -> str:
+    return f"s3://{bucket}/{prefix}?endpoint_url={endpoint}&region=us-east-1"

@@ -45,7 +45,9 @@ class AppContext:
         return cls(
             settings=settings,
             db=db,
-            storage=storage_from_url(settings.resolved_storage_url),
+            # S3 downloads (a frame of a large instance, a de-identified export) land on the data volume, not
+            # in a /tmp that may live in memory; `telemed imaging repair` removes any a crash left behind.
+            storage=storage_from_url(settings.resolved_storage_url, temp_dir=settings.data_dir / "spool" / "downloads"),
             cipher=FieldCipher.from_settings(settings),
             signer=TokenSigner(secret),
             audit_key=derive_key(secret, "telemed audit chain", 32),

@@ -13,8 +13,14 @@ Integrity: every request body carries ``Content-MD5``, which S3 and MinIO check 
 in memory at a time; it checks the ETag of the completed object against the part digests (``verify_multipart_etag``,
 on by default, which also catches stores that skip the Content-MD5 check) and the object's size against the file,
 and aborts the upload on any failure so that no half-written parts linger. The SHA-256 of the whole blob is stored
-as object metadata (``x-amz-meta-sha256``) and ``get`` verifies it, raising :class:`BlobCorrupted` on a mismatch
-(security notes D4). A blob is durable when ``put`` returns: S3 acknowledges a write only once it is stored.
+as object metadata (``x-amz-meta-sha256``) and every whole read verifies it, raising :class:`BlobCorrupted` on a
+mismatch (security notes D4): ``get`` before it returns, ``local_file`` before it hands over the download, and
+``open_chunks`` before it yields the last block (so that a damaged blob never streams out complete; byte ranges
+are not checked). A blob is durable when ``put`` returns: S3 acknowledges a write only once it is stored.
+``put_file(..., move=True)`` removes the source file once the upload is complete.
+
+Streaming reads hold one or two blocks in memory; ``local_file`` downloads to a temporary file (in ``temp_dir``,
+by default the system's temporary folder) that is removed when the ``async with`` ends.
 
 boto3's default "flexible checksums" (CRC32 headers and trailers, boto3 ≥ 1.36) are switched to "when required",
 because S3-compatible stores do not all accept them (older MinIO and Ceph releases among them); Content-MD5 is
@@ -25,10 +31,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import math
+import os
 import re
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -38,11 +47,11 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from telemed.core.storage import BlobNotFound, check_key
+from telemed.core.storage import DEFAULT_CHUNK_SIZE, BlobNotFound, check_key, check_range
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
-    from mypy_boto3_s3.type_defs import CompletedPartTypeDef, ListObjectsV2OutputTypeDef
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef, GetObjectOutputTypeDef, ListObjectsV2OutputTypeDef
 
 __all__ = ["BlobCorrupted", "S3Location", "S3Storage", "parse_s3_url"]
 
@@ -55,6 +64,7 @@ MAX_PRESIGNED_SECONDS: Final = 300
 
 _SHA256_METADATA: Final = "sha256"
 _NOT_FOUND_CODES: Final = frozenset({"NoSuchKey", "404", "NotFound"})
+_RANGE_NOT_SATISFIABLE: Final = frozenset({"InvalidRange", "416"})
 _BUCKET_NAME: Final = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 _URL_PARAMETERS: Final = frozenset({"endpoint_url", "region", "addressing_style", "verify_multipart_etag"})
 _HASH_CHUNK: Final = 1024 * 1024
@@ -130,6 +140,12 @@ def _is_not_found(error: ClientError) -> bool:
     return code in _NOT_FOUND_CODES or status == 404
 
 
+def _is_unsatisfiable_range(error: ClientError) -> bool:
+    code = str(error.response.get("Error", {}).get("Code", ""))
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in _RANGE_NOT_SATISFIABLE or status == 416
+
+
 def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as source:
@@ -151,10 +167,12 @@ class S3Storage:
         addressing_style: AddressingStyle | None = None,
         part_size: int = DEFAULT_PART_SIZE,
         verify_multipart_etag: bool = True,
+        temp_dir: Path | None = None,
         client: S3Client | None = None,
     ) -> None:
         """``verify_multipart_etag=False`` for stores whose multipart ETag is not MD5-of-part-MD5s (AWS SSE-KMS
-        or SSE-C buckets, some vendors); the part Content-MD5 checks and the size check still apply."""
+        or SSE-C buckets, some vendors); the part Content-MD5 checks and the size check still apply.
+        ``temp_dir`` holds the downloads of :meth:`local_file` (None: the system's temporary folder)."""
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (the S3 minimum)")
         self.bucket = bucket
@@ -163,6 +181,9 @@ class S3Storage:
             check_key(self.prefix)
         self.part_size = part_size
         self.verify_multipart_etag = verify_multipart_etag
+        self.temp_dir = temp_dir
+        if temp_dir is not None:
+            temp_dir.mkdir(parents=True, exist_ok=True)
         if client is None:
             style: AddressingStyle = addressing_style or ("path" if endpoint_url else "auto")
             config = Config(
@@ -266,8 +287,13 @@ class S3Storage:
     async def put(self, key: str, data: bytes) -> None:
         await asyncio.to_thread(self._put_bytes, self._object_key(key), bytes(data))
 
-    async def put_file(self, key: str, source: Path) -> None:
-        await asyncio.to_thread(self._put_file, self._object_key(key), Path(source))
+    def _put_and_release(self, object_key: str, source: Path, move: bool) -> None:
+        self._put_file(object_key, source)
+        if move:
+            source.unlink(missing_ok=True)  # only once S3 holds the whole object
+
+    async def put_file(self, key: str, source: Path, *, move: bool = False) -> None:
+        await asyncio.to_thread(self._put_and_release, self._object_key(key), Path(source), move)
 
     # ----------------------------------------------------------------------------------------------- reads
 
@@ -296,6 +322,101 @@ class S3Storage:
 
     async def get(self, key: str) -> bytes:
         return await asyncio.to_thread(self._get, self._object_key(key), key)
+
+    def _size(self, object_key: str, key: str) -> int:
+        try:
+            head = self._client.head_object(Bucket=self.bucket, Key=object_key)
+        except ClientError as error:
+            if _is_not_found(error):
+                raise BlobNotFound(key) from None
+            raise
+        return int(head["ContentLength"])
+
+    async def size(self, key: str) -> int:
+        return await asyncio.to_thread(self._size, self._object_key(key), key)
+
+    def _open(self, object_key: str, key: str, start: int, length: int | None) -> GetObjectOutputTypeDef | None:
+        """GET the object, or the byte range of it; None when the range starts past the end."""
+        try:
+            if start == 0 and length is None:
+                return self._client.get_object(Bucket=self.bucket, Key=object_key)
+            last = "" if length is None else str(start + length - 1)
+            return self._client.get_object(Bucket=self.bucket, Key=object_key, Range=f"bytes={start}-{last}")
+        except ClientError as error:
+            if _is_not_found(error):
+                raise BlobNotFound(key) from None
+            if _is_unsatisfiable_range(error):
+                return None
+            raise
+
+    async def open_chunks(
+        self, key: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE, start: int = 0, length: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        check_range(chunk_size, start, length)
+        object_key = self._object_key(key)
+        if length == 0:
+            if not await asyncio.to_thread(self._exists, object_key):
+                raise BlobNotFound(key)
+            return
+        response = await asyncio.to_thread(self._open, object_key, key, start, length)
+        if response is None:
+            return
+        whole = start == 0 and length is None
+        expected_sha256 = response.get("Metadata", {}).get(_SHA256_METADATA) if whole else None
+        expected_length = response.get("ContentLength")
+        body = response["Body"]
+        try:
+            digest = hashlib.sha256()
+            received = 0
+            held: bytes | None = None
+            # One block is held back until the object is verified: a damaged blob never streams out whole.
+            while block := await asyncio.to_thread(body.read, chunk_size):
+                if expected_sha256 is not None:
+                    digest.update(block)
+                received += len(block)
+                if held is not None:
+                    yield held
+                held = block
+            if expected_length is not None and received != expected_length:
+                raise BlobCorrupted(f"blob {key} arrived incomplete")
+            if expected_sha256 is not None and digest.hexdigest() != expected_sha256:
+                raise BlobCorrupted(f"blob {key} does not match the SHA-256 recorded when it was stored")
+            if held is not None:
+                yield held
+        finally:
+            body.close()
+
+    def _download(self, descriptor: int, object_key: str, key: str) -> None:
+        """Write the object into the open file ``descriptor`` (which this closes), verifying it as ``get`` does."""
+        with os.fdopen(descriptor, "wb") as out:
+            response = self._open(object_key, key, 0, None)
+            if response is None:  # only a byte range can miss, and this is the whole object
+                return
+            digest = hashlib.sha256()
+            received = 0
+            with response["Body"] as body:
+                while block := body.read(DEFAULT_CHUNK_SIZE):
+                    digest.update(block)
+                    received += len(block)
+                    out.write(block)
+        expected = response.get("Metadata", {}).get(_SHA256_METADATA)
+        if received != response.get("ContentLength", received):
+            raise BlobCorrupted(f"blob {key} arrived incomplete")
+        if expected is not None and digest.hexdigest() != expected:
+            raise BlobCorrupted(f"blob {key} does not match the SHA-256 recorded when it was stored")
+
+    @contextlib.asynccontextmanager
+    async def local_file(self, key: str) -> AsyncIterator[Path]:
+        object_key = self._object_key(key)
+        descriptor, name = tempfile.mkstemp(prefix="blob-", suffix=Path(key).suffix, dir=self.temp_dir)
+        try:
+            # Removed in the finally even when the task is cancelled mid-download (the thread then writes on
+            # into an unlinked file, which goes when it closes it).
+            await asyncio.to_thread(self._download, descriptor, object_key, key)
+            yield Path(name)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
 
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self._exists, self._object_key(key))
