@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import os
 import sys
 import time
@@ -12,6 +13,15 @@ from pathlib import Path
 import click
 
 from imaging import repository
+from imaging.export import (
+    REASONS,
+    ExportFailed,
+    ExportOptions,
+    ExportPurpose,
+    ExportResult,
+    StudyNotIndexed,
+    export_study_to_file,
+)
 from imaging.ingest import BLOB_PREFIX, blob_written_at
 from telemed.core.config import Settings
 from telemed.core.context import AppContext
@@ -112,3 +122,65 @@ def repair(data_dir: Path | None, min_age: float, dry_run: bool) -> None:
         click.echo(f"MISSING {key}", err=True)
     if report.missing:
         sys.exit(1)
+
+
+def _operator() -> str | None:
+    """The server account that ran the command, for the audit record (the actor itself is the system)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None
+
+
+@imaging.command("export")
+@click.argument("study_uid")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The ZIP file to write (DICOM Part 10 files and manifest.json).")  # fmt: skip
+@click.option("--purpose", type=click.Choice([p.value for p in ExportPurpose]), default=ExportPurpose.teaching.value,
+              show_default=True, help="Why the study leaves the platform; recorded in the audit trail.")  # fmt: skip
+@click.option("--retain-dates", is_flag=True, help="Keep dates and times (PS3.15 E.3.6).")
+@click.option("--retain-patient-characteristics", is_flag=True, help="Keep sex, age, size, weight (PS3.15 E.3.7).")
+@click.option("--skip-burned-in", is_flag=True,
+              help="Leave out instances marked Burned In Annotation = YES instead of stopping.")  # fmt: skip
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of the embedded database and files (default: ./data or TELEMED_DATA_DIR).")  # fmt: skip
+def export(
+    study_uid: str,
+    out: Path,
+    purpose: str,
+    retain_dates: bool,
+    retain_patient_characteristics: bool,
+    skip_burned_in: bool,
+    data_dir: Path | None,
+) -> None:
+    """Write a de-identified copy of a study (DICOM PS3.15 E.1 Basic Profile) to a ZIP; audited as the system."""
+    if data_dir is not None:
+        os.environ["TELEMED_DATA_DIR"] = str(data_dir.resolve())
+    if not out.resolve().parent.is_dir():
+        click.echo(f"the folder of --out does not exist: {out.resolve().parent}", err=True)
+        sys.exit(2)
+    options = ExportOptions(
+        retain_long_full_dates=retain_dates,
+        retain_patient_characteristics=retain_patient_characteristics,
+        skip_burned_in_annotation=skip_burned_in,
+    )
+
+    async def run() -> ExportResult:
+        ctx = AppContext.build(Settings())
+        try:
+            return await export_study_to_file(
+                ctx, study_uid=study_uid, out=out, purpose=ExportPurpose(purpose), options=options, operator=_operator()
+            )
+        finally:
+            await ctx.db.dispose()
+
+    try:
+        result = asyncio.run(run())
+    except StudyNotIndexed:
+        click.echo("no such study in the index", err=True)
+        sys.exit(1)
+    except ExportFailed as failure:
+        click.echo(f"export failed ({failure.code}): {REASONS[failure.code][1]}", err=True)
+        sys.exit(1)
+    left_out = f"; {result.skipped} left out for burned-in annotation" if result.skipped else ""
+    click.echo(f"wrote {out}: {result.instances} de-identified instances, {result.size_bytes} bytes{left_out}")

@@ -34,6 +34,13 @@ class ImagingSettings(BaseSettings):
     imaging_batch_bytes: int = Field(default=256 * 1024**2, ge=1024)
     #: QIDO-RS answers at most this many matches per request (PS3.18 §8.3.4.4 lets a server cap results).
     imaging_max_results: int = Field(default=1000, ge=1)
+    #: De-identified exports (ZIP files) are deleted this many days after they were made.
+    imaging_export_retention_days: float = Field(default=7.0, gt=0)
+    #: A running export promises to report within this many seconds; one silent for longer was abandoned by a
+    #: crashed worker and is taken up again (or failed after three attempts).
+    imaging_export_lease_seconds: float = Field(default=120.0, ge=5)
+    #: How often the export worker looks for queued, abandoned and expired exports when nobody wakes it.
+    imaging_export_poll_seconds: float = Field(default=5.0, gt=0)
 
     #: Where the DICOM listener binds; unset: all interfaces in production, loopback elsewhere.
     dicom_host: str | None = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from telemed.core.errors import Conflict, NotFound, ProblemError
+from telemed.core.errors import Conflict, Forbidden, NotFound, ProblemError
 
 
 class FailureReason(IntEnum):
@@ -119,3 +119,36 @@ class NodeNotFound(NotFound):
 
     def __init__(self) -> None:
         super().__init__("未找到该 DICOM 节点", "No such DICOM node")
+
+
+class ExportForbidden(Forbidden):
+    """De-identified exports are made by county radiologists and specialists only."""
+
+    code = "imaging.export_forbidden"
+    title_zh = "您的角色无权导出影像"
+    title_en = "Your role may not export studies"
+
+
+class ExportNotFound(NotFound):
+    """Also what anyone but the requester gets, so that another user's export is not revealed."""
+
+    code = "imaging.export_not_found"
+
+    def __init__(self) -> None:
+        super().__init__("未找到该导出任务，或您无权查看", "No such export, or not one you requested")
+
+
+class ExportNotReady(Conflict):
+    code = "imaging.export_not_ready"
+    title_zh = "导出尚未完成，暂不能下载"
+    title_en = "The export is not finished; there is nothing to download yet"
+
+    def __init__(self, status: str) -> None:
+        super().__init__(f"导出任务状态为“{status}”", f"The export is '{status}'", extra={"export_status": status})
+
+
+class ExportExpired(ProblemError):
+    status = 410
+    code = "imaging.export_expired"
+    title_zh = "导出文件已过期并被删除"
+    title_en = "The export has expired and its file was deleted"

@@ -1,9 +1,11 @@
 """The imaging domain as the host sees it (entry point ``telemed.domains:imaging``)."""
 
-from imaging import models, reading_models  # noqa: F401  (registers the tables on the shared metadata)
+from imaging import export_models, models, reading_models  # noqa: F401  (registers the tables on the shared metadata)
 from imaging.cli import imaging as imaging_cli
 from imaging.dimse import run_dicom_listener
 from imaging.events import STUDY_ROUTED
+from imaging.export import run_export_worker
+from imaging.export_router import router as export_router
 from imaging.fhir import router as fhir_router
 from imaging.reading import on_study_routed
 from imaging.reading_router import router as reading_router
@@ -17,7 +19,7 @@ plugin = DomainPlugin(
     name="imaging",
     title_zh="远程影像",
     title_en="Imaging",
-    routers=(dicomweb, wado_uri, api, reading_router, fhir_router, viewer_pages),
+    routers=(dicomweb, wado_uri, api, reading_router, export_router, fhir_router, viewer_pages),
     nav_links=(
         NavLink(
             "/imaging/viewer",
@@ -27,7 +29,7 @@ plugin = DomainPlugin(
         ),
     ),
     event_handlers={STUDY_ROUTED: (on_study_routed,)},
-    background_services=(run_dicom_listener, run_stable_monitor),
+    background_services=(run_dicom_listener, run_stable_monitor, run_export_worker),
     cli_commands=(imaging_cli,),
     metadata=Base.metadata,
 )
