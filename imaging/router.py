@@ -516,6 +516,46 @@ async def retrieve_rendered(
 
 
 @dicomweb.get(
+    "/studies/{study_uid}/series/{series_uid}/instances/{sop_instance_uid}/frames/{frame_list}/rendered",
+    response_class=Response,
+    summary="WADO-RS: one frame rendered as JPEG or PNG, with window/level (PS3.18 §10.4.1.1.4)",
+)
+async def retrieve_rendered_frame(
+    uow: UoW,
+    principal: CurrentPrincipal,
+    request: Request,
+    study_uid: str,
+    series_uid: str,
+    sop_instance_uid: str,
+    frame_list: str,
+    quality: Annotated[int | None, Query(ge=1, le=100)] = None,
+    viewport: str | None = None,
+    window: str | None = None,
+) -> Response:
+    numbers = wado.parse_frame_list(frame_list)
+    if len(numbers) != 1:
+        # JPEG and PNG hold one image; a multi-frame rendering would need a video or GIF media type.
+        raise BadQuery("渲染图像一次只能请求一帧", "A rendered image shows one frame: ask for one frame number")
+    media_type = _rendered_media_type(request.headers.get("accept"))
+    options: dict[str, Any] = {"frame": numbers[0]}
+    if quality is not None:
+        options["quality"] = quality
+    if (size := _floats(viewport, 2, "viewport")) is not None:
+        options["viewport"] = (int(size[0]), int(size[1]))
+    if (centre_width := _floats(window, 2, "window")) is not None:
+        options["window"] = (centre_width[0], centre_width[1])
+    return await _render(
+        uow,
+        principal=principal,
+        study_uid=study_uid,
+        series_uid=series_uid,
+        sop_instance_uid=sop_instance_uid,
+        media_type=media_type,
+        options=options,
+    )
+
+
+@dicomweb.get(
     "/studies/{study_uid}/series/{series_uid}/instances/{sop_instance_uid}/thumbnail",
     response_class=Response,
     summary="WADO-RS: thumbnail (PS3.18 §10.4.1.1.5)",

@@ -8,8 +8,6 @@ clinics may have no route to a CDN), and a strict Content-Security-Policy allows
 
 from __future__ import annotations
 
-import functools
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -19,63 +17,44 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from telemed.core.auth import CLINICAL_ROLES, Role
+from telemed.core.auth import Role
+from telemed.core.pages import (
+    CLINICAL_ROLE_NAMES,
+    CONTENT_SECURITY_POLICY,
+    DEFAULT_LANGUAGE,
+    LANGUAGE_COOKIE,
+    LANGUAGES,
+    PAGE_HEADERS,
+    page_language,
+    shell_messages,
+    translator,
+)
 from telemed.core.plugins import DomainPlugin, NavLink
 
+__all__ = [
+    "CONTENT_SECURITY_POLICY",
+    "DEFAULT_LANGUAGE",
+    "LANGUAGES",
+    "LANGUAGE_COOKIE",
+    "PAGE_HEADERS",
+    "STATIC_DIR",
+    "TEMPLATES_DIR",
+    "load_messages",
+    "mount_web",
+    "nav_link_data",
+    "page_language",
+]
+
+# The policy, the language rule and the texts are the page kit's (telemed.core.pages), which the domains'
+# pages use too: one copy for every page of the product.
 WEB_DIR: Final = Path(__file__).parent
 STATIC_DIR: Final = WEB_DIR / "static"
 TEMPLATES_DIR: Final = WEB_DIR / "templates"
 
-LANGUAGES: Final = ("zh-CN", "en")
-DEFAULT_LANGUAGE: Final = "zh-CN"
-#: The cookie the language switch sets; the API's problem documents honour it too (telemed.core.errors).
-LANGUAGE_COOKIE: Final = "lang"
 
-#: Only this origin, for everything. No inline script or style: scripts live in /static/js and data reaches
-#: them through ``<script type="application/json">`` blocks, which are never executed. ``'self'`` covers the
-#: same-origin ``ws:``/``wss:`` notification socket (CSP Level 3).
-CONTENT_SECURITY_POLICY: Final = "; ".join(
-    (
-        "default-src 'self'",
-        "script-src 'self'",
-        "style-src 'self'",
-        "img-src 'self'",
-        "font-src 'self'",
-        "connect-src 'self'",
-        "object-src 'none'",
-        "base-uri 'self'",
-        "form-action 'self'",
-        "frame-ancestors 'none'",
-    )
-)
-
-PAGE_HEADERS: Final = {
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-    # The HTML depends on the language cookie only; it holds no user data, but must not be served stale.
-    "Cache-Control": "no-cache",
-    "Vary": "Cookie",
-}
-
-CLINICAL_ROLE_NAMES: Final = tuple(sorted(role.value for role in CLINICAL_ROLES))
-
-
-@functools.cache
 def load_messages(lang: str) -> dict[str, str]:
     """The UI texts of one language, from the same JSON file the browser loads when the user switches."""
-    if lang not in LANGUAGES:
-        raise ValueError(f"unsupported language {lang!r}")
-    messages: dict[str, str] = json.loads((STATIC_DIR / "i18n" / f"{lang}.json").read_text(encoding="utf-8"))
-    return messages
-
-
-def page_language(request: Request) -> str:
-    """zh-CN unless the user chose English with the switch (the ``lang`` cookie).
-
-    The browser's Accept-Language is deliberately not consulted: our users are Chinese-speaking clinicians on
-    whatever device the clinic has, often one set to English, and the product speaks Chinese first.
-    """
-    chosen = request.cookies.get(LANGUAGE_COOKIE, "")
-    return chosen if chosen in LANGUAGES else DEFAULT_LANGUAGE
+    return shell_messages(lang)
 
 
 def nav_link_data(domains: Sequence[DomainPlugin]) -> list[dict[str, Any]]:
@@ -115,19 +94,12 @@ def mount_web(app: FastAPI, domains: Sequence[DomainPlugin]) -> None:
     def render(request: Request, template: str, *, page: str, title_key: str, **context: Any) -> Response:
         lang = page_language(request)
         messages = load_messages(lang)
-
-        def t(key: str, **values: object) -> str:
-            text = messages.get(key, key)
-            for name, value in values.items():
-                text = text.replace("{" + name + "}", str(value))
-            return text
-
         return templates.TemplateResponse(
             request,
             template,
             {
                 "lang": lang,
-                "t": t,
+                "t": translator(messages),
                 "messages": messages,
                 "page": page,
                 "title_key": title_key,

@@ -25,6 +25,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, gen
 
 CT_IMAGE_STORAGE: Final = "1.2.840.10008.5.1.4.1.1.2"
 DIGITAL_XRAY_FOR_PRESENTATION: Final = "1.2.840.10008.5.1.4.1.1.1.1"
+XA_IMAGE_STORAGE: Final = "1.2.840.10008.5.1.4.1.1.12.1"
 
 #: A Specific Character Set value as in (0008,0005): one term, several (code extensions), or none at all.
 Charset = str | Sequence[str] | None
@@ -284,6 +285,57 @@ def make_xray(
         cols=cols,
         **options,
     )
+    return write(ds, path)
+
+
+def make_multiframe_xa(
+    path: Path,
+    *,
+    study_uid: str,
+    series_uid: str,
+    sop_uid: str,
+    patient_name: str,
+    charset: Charset,
+    frames: int = 3,
+    rows: int = 64,
+    cols: int = 64,
+    **options: Any,
+) -> Path:
+    """An X-Ray Angiographic Image Storage instance (PS3.3 A.14), a cine run of ``frames`` frames.
+
+    Each frame is a left-to-right ramp of 12-bit values shifted by a third of the range per frame, so that
+    frames rendered with the stored window (2048/4096) differ visibly from one another.
+    """
+    options.setdefault("study_description", "XA CORONARY")
+    options.setdefault("series_description", "LCA CINE")
+    options["extra"] = {
+        "FrameTime": "66.7",
+        "FrameIncrementPointer": 0x00181063,  # Frame Time (PS3.3 C.7.6.6)
+        "PositionerMotion": "STATIC",
+        "WindowCenter": "2048",
+        "WindowWidth": "4096",
+        "ImageType": ["ORIGINAL", "PRIMARY", "SINGLE PLANE"],
+        **options.get("extra", {}),
+    }
+    ds = make_dataset(
+        sop_class_uid=XA_IMAGE_STORAGE,
+        modality="XA",
+        study_uid=study_uid,
+        series_uid=series_uid,
+        sop_uid=sop_uid,
+        patient_name=patient_name,
+        charset=charset,
+        rows=rows,
+        cols=cols,
+        frames=frames,
+        **options,
+    )
+    ramps = []
+    for frame in range(frames):
+        row = [(column * 4096 // cols + frame * 1365) % 4096 for column in range(cols)]
+        ramps.append(struct.pack(f"<{cols}H", *row) * rows)
+    ds.PixelData = b"".join(ramps)
+    ds["PixelData"].VR = "OW"
     return write(ds, path)
 
 

@@ -15,7 +15,7 @@ from imaging.config import ImagingSettings, use_imaging_settings
 from imaging.models import ImagingInstance
 from imaging.multipart import PartSource, build_multipart_related
 from telemed.core.context import AppContext
-from tests.imaging.dicom_factory import make_ct_series, make_ct_slice, make_xray, new_uid
+from tests.imaging.dicom_factory import make_ct_series, make_ct_slice, make_multiframe_xa, make_xray, new_uid
 
 __all__ = [
     "count_blobs",
@@ -24,7 +24,9 @@ __all__ = [
     "first",
     "make_ct_series",
     "make_ct_slice",
+    "make_multiframe_xa",
     "make_xray",
+    "multiframe_study",
     "new_uid",
     "parse_multipart",
     "quick_settings",
@@ -39,6 +41,21 @@ def small_study(directory: Path, count: int = 3, **options: Any) -> list[Path]:
     options.setdefault("rows", 64)
     options.setdefault("cols", 64)
     return make_ct_series(directory, count=count, **options)
+
+
+def multiframe_study(directory: Path, frames: int = 3, **options: Any) -> Path:
+    """One XA cine instance of ``frames`` frames (64x64), alone in a new study; options go to
+    ``make_multiframe_xa``."""
+    options.setdefault("patient_name", "Li^Si=李^四")
+    options.setdefault("charset", "GB18030")
+    return make_multiframe_xa(
+        directory / "xa-0001.dcm",
+        study_uid=options.pop("study_uid", None) or new_uid(),
+        series_uid=options.pop("series_uid", None) or new_uid(),
+        sop_uid=options.pop("sop_uid", None) or new_uid(),
+        frames=frames,
+        **options,
+    )
 
 
 async def stow(

@@ -1,17 +1,12 @@
-// The referral pages' own texts, next to the shell's: core.js translates the shell's [data-i18n] nodes and
-// reloads only the shell's messages on a language switch, so the domain keeps its messages here, translates
-// its [data-rt] nodes itself and tells the page to re-render once its texts for the new language have arrived.
-import { onLanguageChange, readJson, t as shellText } from "/static/js/core.js";
+// The referral pages' texts: core.js holds them with the shell's (the page embeds both, and a language switch
+// reloads /static-referral/i18n/ too, named in the page's i18n-sources block). Nodes of the domain carry data-rt;
+// this module translates them after every switch and then tells the page to re-render what it built itself.
+import { onLanguageChange, t } from "/static/js/core.js";
 
-let messages = readJson("referral-messages", {});
 const listeners = [];
 
 export function rt(key, values) {
-  let text = Object.prototype.hasOwnProperty.call(messages, key) ? messages[key] : shellText(key);
-  if (values) {
-    for (const [name, value] of Object.entries(values)) text = text.replaceAll(`{${name}}`, String(value));
-  }
-  return text;
+  return t(key, values);
 }
 
 export function applyReferralTexts(root = document) {
@@ -19,21 +14,13 @@ export function applyReferralTexts(root = document) {
   for (const node of root.querySelectorAll("[data-rt-aria-label]")) {
     node.setAttribute("aria-label", rt(node.dataset.rtAriaLabel));
   }
-  const titleKey = document.body.dataset.rtTitle;
-  if (titleKey) document.title = `${rt(titleKey)} · ${shellText("app.title")}`;
 }
 
 export function onReferralLanguageChange(listener) {
   listeners.push(listener);
 }
 
-onLanguageChange(async (lang) => {
-  try {
-    const response = await fetch(`/static-referral/i18n/${lang}.json`, { headers: { Accept: "application/json" } });
-    if (response.ok) messages = await response.json();
-  } catch {
-    // Offline: the texts stay in the previous language rather than turning into keys.
-  }
+onLanguageChange((lang) => {
   applyReferralTexts();
   for (const listener of listeners) listener(lang);
 });

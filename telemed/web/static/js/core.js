@@ -21,6 +21,11 @@ const REFRESH_MARGIN_MS = 60_000;
 let messages = readJson("i18n-messages", {});
 let lang = document.documentElement.lang || "zh-CN";
 const languageListeners = [];
+// A domain's page names where its own texts live (``/static-referral/i18n/``); a language switch loads them
+// with the shell's, so that its [data-i18n] nodes and t() speak the new language too. Paths on this site only.
+const messageSources = readJson("i18n-sources", []).filter(
+  (source) => typeof source === "string" && source.startsWith("/") && !source.startsWith("//"),
+);
 
 export function readJson(id, fallback) {
   const node = document.getElementById(id);
@@ -73,12 +78,24 @@ function rememberLanguage(next) {
   document.cookie = `lang=${encodeURIComponent(next)}; path=/; max-age=31536000; SameSite=Lax`;
 }
 
+async function fetchMessages(url) {
+  const response = await fetch(url, { headers: { Accept: "application/json" } });
+  if (!response.ok) throw new Error(`HTTP ${response.status}`);
+  return response.json();
+}
+
 export async function setLanguage(next) {
   if (!LANGUAGES.includes(next)) return;
   if (next !== lang) {
-    const response = await fetch(`/static/i18n/${next}.json`, { headers: { Accept: "application/json" } });
-    if (!response.ok) return;
-    messages = await response.json();
+    let shell;
+    try {
+      shell = await fetchMessages(`/static/i18n/${next}.json`);
+    } catch {
+      return; // offline: stay in the current language rather than half switch
+    }
+    // A domain file that fails leaves its texts in the previous language, never as bare keys.
+    const own = await Promise.all(messageSources.map((source) => fetchMessages(`${source}${next}.json`).catch(() => ({}))));
+    messages = Object.assign({}, messages, shell, ...own);
     lang = next;
     document.documentElement.lang = next;
   }
