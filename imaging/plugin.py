@@ -3,11 +3,11 @@
 from imaging import export_models, models, reading_models  # noqa: F401  (registers the tables on the shared metadata)
 from imaging.cli import imaging as imaging_cli
 from imaging.dimse import run_dicom_listener
-from imaging.events import STUDY_ROUTED
-from imaging.export import run_export_worker
+from imaging.events import STUDY_ROUTED, STUDY_STABLE
+from imaging.export import EXPORT_FINISHED, run_export_worker
 from imaging.export_router import router as export_router
 from imaging.fhir import router as fhir_router
-from imaging.reading import on_study_routed
+from imaging.reading import REPORT_SIGNED, on_study_routed
 from imaging.reading_router import router as reading_router
 from imaging.router import api, dicomweb, wado_uri
 from imaging.stable import run_stable_monitor
@@ -32,4 +32,10 @@ plugin = DomainPlugin(
     background_services=(run_dicom_listener, run_stable_monitor, run_export_worker),
     cli_commands=(imaging_cli,),
     metadata=Base.metadata,
+    event_labels={
+        STUDY_STABLE: ("影像检查已完整接收", "An imaging study was received in full"),
+        STUDY_ROUTED: ("影像检查已进入阅片工作列表", "An imaging study is on a reading worklist"),
+        REPORT_SIGNED: ("影像报告已签发", "An imaging report was signed"),
+        EXPORT_FINISHED: ("去标识化导出已完成，可以下载", "A de-identified export is ready to download"),
+    },
 )

@@ -7,7 +7,7 @@ A domain (``referral``, ``imaging``, ``scheduling``) exposes a :class:`DomainPlu
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Final
@@ -52,6 +52,9 @@ class DomainPlugin:
     demo_seeders: Sequence[DemoSeeder] = ()
     nav_links: Sequence[NavLink] = ()
     metadata: MetaData | None = None
+    #: What the home page's notification list says for each event the domain addresses to people:
+    #: event name -> (zh-CN, en). An event without a label shows as "新消息：<name>".
+    event_labels: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def discover_domains(enabled: Iterable[str] | None = None, disabled: Iterable[str] = ()) -> list[DomainPlugin]:

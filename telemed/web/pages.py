@@ -75,6 +75,17 @@ def nav_link_data(domains: Sequence[DomainPlugin]) -> list[dict[str, Any]]:
     return links
 
 
+def event_label_data(domains: Sequence[DomainPlugin]) -> dict[str, dict[str, str]]:
+    """The domains' notification texts by language, as the home page's JSON data (``event-labels``)."""
+    labels: dict[str, dict[str, str]] = {"zh-CN": {}, "en": {}}
+    for domain in domains:
+        for name, (zh, en) in domain.event_labels.items():
+            if not name.startswith(f"{domain.name}."):
+                raise ValueError(f"domain {domain.name!r} labels an event it does not own: {name!r}")
+            labels["zh-CN"][name], labels["en"][name] = zh, en
+    return labels
+
+
 def _check_nav_link(domain: DomainPlugin, link: NavLink) -> None:
     # A link leaving the app would break the offline promise (and could send a clinician to a look-alike site).
     if not link.href.startswith("/") or link.href.startswith("//"):
@@ -88,6 +99,7 @@ def mount_web(app: FastAPI, domains: Sequence[DomainPlugin]) -> None:
     """Serve /static and the pages: ``/``, ``/login``, ``/home``, ``/patients``, ``/admin/registry``."""
     templates = Jinja2Templates(directory=TEMPLATES_DIR)
     nav_links = nav_link_data(domains)
+    event_labels = event_label_data(domains)
     for lang in LANGUAGES:
         load_messages(lang)  # a broken translation file fails at start-up, not on the first page view
 
@@ -122,7 +134,9 @@ def mount_web(app: FastAPI, domains: Sequence[DomainPlugin]) -> None:
 
     @router.get("/home", response_class=HTMLResponse)
     async def home_page(request: Request) -> Response:
-        return render(request, "home.html", page="home", title_key="page.home", nav_links=nav_links)
+        return render(
+            request, "home.html", page="home", title_key="page.home", nav_links=nav_links, event_labels=event_labels
+        )
 
     @router.get("/patients", response_class=HTMLResponse)
     async def patients_page(request: Request) -> Response:

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
 from telemed.app import create_app
 from telemed.core.auth import Role, UserAccount
 from telemed.core.config import Environment, Settings
+from telemed.core.deps import CurrentPrincipal, UoW
+from telemed.core.events import DomainEvent
 from telemed.core.plugins import DomainPlugin, NavLink
 from telemed.core.security import hash_password
 from telemed.org.idcard import make_id_number
@@ -32,12 +34,24 @@ SCREENSHOT_DIR = Path("/tmp")
 #: An account of its own for the lockout test, so that locking it cannot disturb the other tests.
 LOCKABLE = "vd_lockable"
 
-#: A link a domain hands the shell, shown on the home page of the roles it names.
+#: A domain's notification: an endpoint that tells the caller's facility something happened.
+PING = "referral.ping"
+_ping_router = APIRouter()
+
+
+@_ping_router.post("/test/ping", status_code=204)
+async def _ping(uow: UoW, principal: CurrentPrincipal) -> None:
+    uow.record(DomainEvent(name=PING, audience_facilities=(str(principal.facility_id),)))
+
+
+#: A link a domain hands the shell, shown on the home page of the roles it names, and its label for an event.
 REFERRAL_DOMAIN = DomainPlugin(
     name="referral",
     title_zh="双向转诊",
     title_en="Referrals",
+    routers=(_ping_router,),
     nav_links=(NavLink("/referrals", "双向转诊", "Referrals", frozenset({"village_doctor", "township_doctor"})),),
+    event_labels={PING: ("转诊测试消息", "A referral test message")},
 )
 
 
@@ -149,6 +163,17 @@ async def test_village_doctor_signs_in_and_sees_their_home_in_chinese(
         )
     assert response.status_code == 201, response.text
     await expect(page.locator("#notification-list li").first).to_contain_text("本机构登记了新患者", timeout=15_000)
+
+    # A domain's event reads in the domain's own words, in either language.
+    async with httpx.AsyncClient(base_url=live_server.url) as http:
+        ping = await http.post("/test/ping", headers={"Authorization": f"Bearer {token}"})
+    assert ping.status_code == 204, ping.text
+    newest = page.locator("#notification-list li").first
+    await expect(newest).to_have_text(re.compile("^转诊测试消息"), timeout=15_000)
+    await page.get_by_role("button", name="English").click()
+    await expect(newest).to_have_text(re.compile("^A referral test message"))
+    await page.get_by_role("button", name="中文").click()
+    await expect(newest).to_have_text(re.compile("^转诊测试消息"))
 
 
 async def test_switching_to_english_changes_the_texts_and_is_remembered(session: Session) -> None:

@@ -275,3 +275,39 @@ async def test_sign_in_errors_come_in_the_language_the_page_asks_for(
     assert zh.status_code == en.status_code == 401
     assert zh.json()["detail"] == "用户名或密码错误"
     assert en.json()["detail"] == "Wrong username or password"
+
+
+async def test_home_carries_the_domains_event_labels_in_both_languages(settings: Settings) -> None:
+    """Every event a shipped domain addresses to people reads in that domain's words, zh-CN and English."""
+    from imaging.events import STUDY_ROUTED, STUDY_STABLE
+    from imaging.export import EXPORT_FINISHED
+    from imaging.reading import REPORT_SIGNED
+    from referral import events as referral_events
+    from telemed.core.plugins import discover_domains
+
+    emitted = {value for name, value in vars(referral_events).items() if name.isupper() and isinstance(value, str)
+               and value.startswith("referral.")}  # fmt: skip
+    emitted |= {STUDY_STABLE, STUDY_ROUTED, REPORT_SIGNED, EXPORT_FINISHED}
+    domains = discover_domains()
+    app = create_app(settings, domains=domains, configure_logs=False)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http,
+    ):
+        html = (await http.get("/home")).text
+    labels = json.loads(parse(html).json_blocks["event-labels"])
+    assert set(labels) == {"zh-CN", "en"}
+    assert emitted <= set(labels["zh-CN"])
+    assert emitted <= set(labels["en"])
+    for name in emitted:
+        assert any("\u4e00" <= char <= "\u9fff" for char in labels["zh-CN"][name]), name
+        assert labels["en"][name].isascii(), name
+
+
+def test_a_domain_may_label_only_its_own_events() -> None:
+    from telemed.web.pages import event_label_data
+
+    trespasser = DomainPlugin(name="imaging", title_zh="影像", title_en="Imaging",
+                              event_labels={"referral.accepted": ("转诊已接收", "Accepted")})  # fmt: skip
+    with pytest.raises(ValueError, match="does not own"):
+        event_label_data([trespasser])

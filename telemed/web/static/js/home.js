@@ -58,7 +58,12 @@ let socket = null;
 let retryDelay = 1_000;
 let pingTimer = 0;
 
+// The domains' own texts for their events (DomainPlugin.event_labels), by language; the shell's for its own.
+const eventLabels = readJson("event-labels", {});
+
 function eventText(name) {
+  const label = (eventLabels[currentLanguage()] || {})[name];
+  if (label) return label;
   const key = `event.${name}`;
   const text = t(key);
   return text === key ? t("event.unknown", { name }) : text;
