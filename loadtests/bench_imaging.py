@@ -7,7 +7,9 @@ Starts Orthanc from Debian's packages (with its DICOMweb plugin) and ``telemed s
 its data in a temp folder, sends both the same generated CT instances and prints instances per second, latency,
 our ratio and the goal beside each figure (dicom-notes §0): ingest at least 2x Orthanc on every path, study
 metadata at least 10x faster, and at most 300 MB resident while one 2 GB STOW-RS request streams in. A trivial
-endpoint of ours (``/healthz``) is timed in the same run as an anchor for the machine's speed.
+endpoint of ours (``/healthz``) is timed in the same run as an anchor for the machine's speed, and each ingest
+path is also run against a server that stores nothing (``ceilings.py``: uvicorn reading the body, a pynetdicom
+SCP answering Success), printed as the "no-op ceiling" column: what any ingest on these parts could reach here.
 
 Every loop has a count and a wall-clock cap; both servers are stopped and the temp folder removed at the end.
 Needs: ``apt-get install -y orthanc orthanc-dicomweb dcmtk`` (the script installs nothing; it says what is
@@ -41,6 +43,7 @@ from imaging_support import (
     DICOM_JSON,
     NUMBER_OF_STUDY_RELATED_INSTANCES,
     SCU_AE_TITLE,
+    CeilingServer,
     GeneratedStudy,
     InstanceFactory,
     OrthancServer,
@@ -136,6 +139,10 @@ class Row:
     @property
     def ours(self) -> float | None:
         return self._median("telemed")
+
+    @property
+    def ceiling(self) -> float | None:
+        return self._median("ceiling")
 
     def ratio(self) -> float | None:
         orthanc, ours = self.orthanc, self.ours
@@ -417,6 +424,24 @@ class Bench:
         self.factory = InstanceFactory(128)
         self.targets: list[Target] = []
         self.unavailable: dict[str, str] = {}
+        #: The no-op servers of ceilings.py, started when first needed (see :meth:`ceiling`).
+        self.ceilings: dict[str, CeilingServer | None] = {}
+
+    def ceiling(self, kind: str) -> CeilingServer | None:
+        """The no-op ``stow`` or ``cstore`` server, or None when it would not start (said once)."""
+        if kind not in self.ceilings:
+            try:
+                self.ceilings[kind] = CeilingServer(kind, self.workdir / "ceiling")
+            except RuntimeError as exc:
+                say(f"  ceiling : n/a ({exc})")
+                self.ceilings[kind] = None
+        return self.ceilings[kind]
+
+    def stop_ceilings(self) -> None:
+        for server in self.ceilings.values():
+            if server is not None:
+                with contextlib.suppress(Exception):
+                    server.stop()
 
     # ---- helpers
 
@@ -463,6 +488,12 @@ class Bench:
                 if result.failed:
                     self.report.problems.append(f"{scenario} on {target.name}: {result.failed} failed")
                 row.record(target.name, result.rate)
+            if (ceiling := self.ceiling("stow")) is not None:
+                study = self.study_for(ceiling, f"{scenario}-{round_number}", count)
+                result = stow(ceiling, study, per_request=per_request, clients=clients, cap=self.sizes.ingest_cap)
+                shutil.rmtree(study.files[0].parent, ignore_errors=True)
+                say(f"  ceiling : {result.describe()} (uvicorn app that only reads the body)")
+                row.record(ceiling.name, result.rate)
 
     # ---- scenarios
 
@@ -546,6 +577,16 @@ class Bench:
                 acknowledged = count if run.returncode == 0 and not run.failures else stored
                 ack.record(target.name, acknowledged / run.seconds)
                 indexed.record(target.name, stored / total)
+            if (ceiling := self.ceiling("cstore")) is not None:
+                study = self.study_for(ceiling, f"cstore-{round_number}", count)
+                run = run_storescu(storescu, ceiling, study.files, timeout=self.sizes.ingest_cap)
+                shutil.rmtree(study.files[0].parent, ignore_errors=True)
+                rate = count / run.seconds if run.returncode == 0 and not run.failures else None
+                say(
+                    f"  ceiling : storescu done in {run.seconds:.2f} s (exit {run.returncode}) = "
+                    f"{count / run.seconds:.1f} inst/s (pynetdicom SCP whose handler only answers Success)"
+                )
+                ack.record(ceiling.name, rate)
 
     def run_metadata(self) -> None:
         count = self.sizes.metadata_instances
@@ -732,7 +773,7 @@ def _value(value: float | None, unit: str) -> str:
 
 
 def print_table(report: Report, orthanc_label: str) -> None:
-    headers = ("measurement", orthanc_label, "telemed", "ratio", "goal", "verdict")
+    headers = ("measurement", orthanc_label, "telemed", "ratio", "goal", "verdict", "no-op ceiling (ratio)")
     lines: list[tuple[str, ...]] = []
     for row in report.rows:
         ratio = row.ratio()
@@ -751,14 +792,19 @@ def print_table(report: Report, orthanc_label: str) -> None:
         if row.note:
             verdict += f" ({row.note})"
         orthanc = "—" if row.unit == "MB" and row.orthanc is None else _value(row.orthanc, row.unit)
-        lines.append((row.scenario, orthanc, _value(row.ours, row.unit), ratio_text, row.target, verdict))
+        ceiling = ""
+        if row.ceiling is not None:
+            ceiling = _value(row.ceiling, row.unit)
+            if row.orthanc:
+                ceiling += f" ({row.ceiling / row.orthanc:.2f}×)"
+        lines.append((row.scenario, orthanc, _value(row.ours, row.unit), ratio_text, row.target, verdict, ceiling))
     widths = [max(len(line[i]) for line in [headers, *lines]) for i in range(len(headers))]
     say("")
     say("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     say("  ".join("-" * w for w in widths))
     for line in lines:
         cells = (
-            cell.ljust(w) if i in (0, 4, 5) else cell.rjust(w)
+            cell.ljust(w) if i in (0, 4, 5, 6) else cell.rjust(w)
             for i, (cell, w) in enumerate(zip(line, widths, strict=True))
         )
         say("  ".join(cells).rstrip())
@@ -900,6 +946,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"error: {exc}")
         exit_code = 1
     finally:
+        bench.stop_ceilings()
         for target in reversed(bench.targets):
             with contextlib.suppress(Exception):
                 target.stop()

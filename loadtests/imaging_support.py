@@ -391,6 +391,55 @@ class OrthancServer(Target):
         self.process = None
 
 
+class CeilingServer(Target):
+    """A server of ``loadtests/ceilings.py`` that stores nothing: the runtime's own ceiling for STOW or C-STORE."""
+
+    name = "ceiling"
+
+    def __init__(self, kind: str, workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (port,) = free_ports(1)
+        self.kind = kind
+        self.label = f"no-op {kind}"
+        self.base_url = f"http://{LOOPBACK}:{port}"
+        self.dicomweb_url = self.base_url
+        self.dicom_port = port
+        self.called_ae = "CEILING"
+        log_path = workdir / f"ceiling-{kind}.log"
+        log = log_path.open("ab")
+        self.process: subprocess.Popen[bytes] | None = subprocess.Popen(
+            [sys.executable, str(REPO_ROOT / "loadtests" / "ceilings.py"), kind, str(port)],
+            stdout=log,
+            stderr=log,
+            cwd=REPO_ROOT,
+        )
+        log.close()
+        self.pid = self.process.pid
+        try:
+            if kind == "stow":
+                _wait_http(self.process, f"{self.base_url}/", log_path)
+            else:
+                _wait_tcp(self.process, port, log_path)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        _stop_process(self.process)
+        self.process = None
+
+
+def _wait_tcp(process: subprocess.Popen[bytes], port: int, log_path: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"port {port}: process exited early:\n{log_path.read_text(errors='replace')[-3000:]}")
+        with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout=1):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"port {port} did not open within {timeout:.0f} s")
+
+
 @dataclass(frozen=True)
 class Account:
     username: str
