@@ -132,7 +132,7 @@ async def notifications_socket(socket: WebSocket) -> None:
     try:
         first = await asyncio.wait_for(socket.receive_json(), timeout=10)
         token = str(first.get("token", "")) if isinstance(first, dict) else ""
-        async with ctx.db.session() as session:
+        async with ctx.db.read_session() as session:
             principal = await resolve_principal(session, ctx.signer, ctx.settings, token)
     except (TimeoutError, ProblemError, ValueError, WebSocketDisconnect):
         with contextlib.suppress(Exception):
@@ -144,6 +144,16 @@ async def notifications_socket(socket: WebSocket) -> None:
         while True:
             message = await socket.receive_json()
             if isinstance(message, dict) and message.get("type") == "ping":
+                # The socket lives no longer than its session and token: each ping (every 25 s from the page)
+                # checks them again, so a sign-out, a disabled account or an expired token on any worker ends
+                # the stream here too. 4401 tells the page to renew its token or go to sign-in.
+                try:
+                    async with ctx.db.read_session() as session:
+                        await resolve_principal(session, ctx.signer, ctx.settings, token)
+                except ProblemError:
+                    hub.remove(socket)
+                    await socket.close(code=4401)
+                    return
                 await socket.send_json({"type": "pong"})
     except (WebSocketDisconnect, ValueError, RuntimeError):
         pass

@@ -110,6 +110,27 @@ async def test_websocket_refuses_a_bad_token(
         assert closed.value.rcvd.code == 4401
 
 
+async def test_a_websocket_ends_with_its_session(
+    app: FastAPI, community: Community, settings: Settings, tmp_path: Path, servers: list[ServerProcess]
+) -> None:
+    import websockets
+
+    server = _server(settings, tmp_path, "signout").start()
+    servers.append(server)
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        headers = await community.login(http, "vd_a1")
+        socket = await ws_connect(server.url, headers["Authorization"].split()[1])
+        await socket.send(json.dumps({"type": "ping"}))
+        assert json.loads(await asyncio.wait_for(socket.recv(), timeout=10)) == {"type": "pong"}
+
+        assert (await http.post("/api/v1/auth/logout", headers=headers)).status_code in (200, 204)
+        await socket.send(json.dumps({"type": "ping"}))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(socket.recv(), timeout=10)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 4401
+
+
 @pytest.mark.slow
 async def test_process_killed_between_commit_and_publish_loses_no_event(
     app: FastAPI, community: Community, settings: Settings, tmp_path: Path, servers: list[ServerProcess]
