@@ -12,6 +12,12 @@ Text is decoded here rather than by pydicom, because the Chinese cases need poli
 * ``ISO 2022 IR 58``: pydicom 3.0 leaves the ``ESC $ ) A`` designations in the decoded text and decodes GB 2312
   bytes sent without an escape as Latin-1; both are handled here (PS3.5 §6.1.2.5, Annex K);
 * common misspellings (``GB2312``, ``UTF-8``, ``ISO_IR 58``) are mapped to the defined terms of PS3.3 C.12.1.1.2.
+
+Two paths read a file, with the same result. The reference path has pydicom parse the data set. The fast path,
+taken for the common file (preamble and ``DICM``, an Explicit VR Little Endian data set), walks the elements
+straight from the bytes, several times faster, and hands the file to the reference path whenever it meets
+anything it does not handle with certainty, so bad input is always classified by the reference path.
+``tests/imaging/test_fastheader.py`` proves the two equal; ``loadtests/bench_header.py`` measures them.
 """
 
 from __future__ import annotations
@@ -24,15 +30,18 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import IO, Any, ClassVar, Final
+from typing import IO, Any, ClassVar, Final, cast
 
 import pydicom
-from pydicom.charset import decode_bytes, python_encoding
+import pydicom.config
+import pydicom.hooks
+from pydicom.charset import decode_bytes, default_encoding, python_encoding
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
+from pydicom.tag import Tag
 from pydicom.uid import UID
 
 __all__ = [
@@ -485,22 +494,50 @@ def read_header(
 
     Raises :class:`InvalidDicom`; ``OSError`` only when the file itself cannot be opened or read.
     """
+    return _open_and_read(source, default_charset, bulk_data_threshold, fast=True)
+
+
+def _read_header_slow(
+    source: str | os.PathLike[str] | IO[bytes],
+    *,
+    default_charset: str = "GB18030",
+    bulk_data_threshold: int = DEFAULT_BULK_DATA_THRESHOLD,
+) -> InstanceHeader:
+    """:func:`read_header` by the reference path (pydicom) alone: what the fast path must equal, in tests and
+    benchmarks."""
+    return _open_and_read(source, default_charset, bulk_data_threshold, fast=False)
+
+
+def _open_and_read(
+    source: str | os.PathLike[str] | IO[bytes], default_charset: str, bulk_data_threshold: int, *, fast: bool
+) -> InstanceHeader:
     default = _default_decoder(default_charset)
     if isinstance(source, str | os.PathLike):
         with open(source, "rb") as file:
-            return _read_header(file, default, bulk_data_threshold)
-    return _read_header(source, default, bulk_data_threshold)
+            return _read_header(file, default, bulk_data_threshold, fast=fast)
+    return _read_header(source, default, bulk_data_threshold, fast=fast)
 
 
-def _read_header(file: IO[bytes], default: _TextDecoder, bulk_data_threshold: int) -> InstanceHeader:
+def _read_header(file: IO[bytes], default: _TextDecoder, bulk_data_threshold: int, *, fast: bool) -> InstanceHeader:
     start = file.tell()
     end = file.seek(0, os.SEEK_END)
     file.seek(start)
-    file_size = end - start
     prefix = file.read(132)
     file.seek(start)
     has_prefix = len(prefix) == 132 and prefix[128:] == b"DICM"
+    if has_prefix and fast:
+        header = _read_header_fast(file, start, end, default, bulk_data_threshold)
+        if header is not None:
+            return header
+        file.seek(start)
+    return _read_header_reference(file, start, end, has_prefix, default, bulk_data_threshold)
 
+
+def _read_header_reference(
+    file: IO[bytes], start: int, end: int, has_prefix: bool, default: _TextDecoder, bulk_data_threshold: int
+) -> InstanceHeader:
+    """The reference path: pydicom parses the data set, then the JSON model is built from its elements."""
+    file_size = end - start
     reader = _GuardedReader(file, end)
     defer_size = max(bulk_data_threshold, _INLINE_TEXT_LIMIT)
     if has_prefix:
@@ -539,19 +576,39 @@ def _read_header(file: IO[bytes], default: _TextDecoder, bulk_data_threshold: in
     if not deflated:
         # pydicom leaves the file at the start of the Pixel Data element when it stopped before it.
         is_implicit, is_little = ds.original_encoding
-        pixel_data = _check_pixel_data(context, bool(is_implicit), bool(is_little))
+        pixel_data = _check_pixel_data(context, bool(is_implicit), bool(is_little), reader.tell())
 
     declared = _declared_charset(ds)
     decoder, note = _decoder_for(declared, default)
     if note:
         context.warnings.append(note)
     dataset_json = _dataset_to_json(ds, context, decoder, path=(), base=0, ancestors=())
+    return _finish_header(
+        dataset_json,
+        pixel_data,
+        transfer_syntax=transfer_syntax,
+        declared=declared,
+        warnings=context.warnings,
+        check_cut_short=not deflated,
+    )
+
+
+def _finish_header(
+    dataset_json: dict[str, Any],
+    pixel_data: tuple[int, str] | None,
+    *,
+    transfer_syntax: str,
+    declared: tuple[str, ...],
+    warnings: list[str],
+    check_cut_short: bool,
+) -> InstanceHeader:
+    """The checks and index fields that both paths derive from the JSON model alike."""
     if pixel_data is not None:
         tag, vr = pixel_data
         key = f"{tag:08X}"
         dataset_json[key] = {"vr": vr, "BulkDataURI": BULK_DATA_URI_PREFIX + key}
 
-    if pixel_data is None and not deflated:
+    if pixel_data is None and check_cut_short:
         _check_not_cut_short(dataset_json, max((int(key, 16) for key in dataset_json), default=0))
     uids = {keyword: _required_uid(dataset_json, tag, keyword, zh) for tag, keyword, zh in _REQUIRED_UIDS}
     if not validate_uid(transfer_syntax):
@@ -592,7 +649,7 @@ def _read_header(file: IO[bytes], default: _TextDecoder, bulk_data_threshold: in
         columns=columns,
         specific_character_set=declared,
         dataset_json=dataset_json,
-        warnings=tuple(context.warnings),
+        warnings=tuple(warnings),
     )
 
 
@@ -659,7 +716,11 @@ def _declared_charset(ds: Dataset) -> tuple[str, ...]:
     element = ds.get_item(0x00080005, keep_deferred=True)
     if element is None:
         return ()
-    value = element.value
+    return _charset_terms(element.value)
+
+
+def _charset_terms(value: Any) -> tuple[str, ...]:
+    """(0008,0005) as declared: from the raw bytes, or from the value pydicom converted (top-level data set)."""
     if isinstance(value, bytes):
         return tuple(part.decode("ascii", "replace").strip(" \x00") for part in value.split(b"\\"))
     if isinstance(value, str):
@@ -667,14 +728,14 @@ def _declared_charset(ds: Dataset) -> tuple[str, ...]:
     return tuple(str(part) for part in value or ())
 
 
-def _check_pixel_data(context: _Context, is_implicit: bool, is_little: bool) -> tuple[int, str] | None:
+def _check_pixel_data(context: _Context, is_implicit: bool, is_little: bool, position: int) -> tuple[int, str] | None:
     """Check that Pixel Data ends inside the file; return its tag and VR, or None when there is none.
 
+    ``position`` is the file offset where the data set stopped: the Pixel Data element, or the end of the file.
     Native Pixel Data has one length (PS3.5 §7.1). Encapsulated Pixel Data has undefined length and a sequence
     of items ended by a Sequence Delimitation Item (PS3.5 A.4); only the 8-byte item headers are read.
     """
     reader, end = context.reader, context.file_end
-    position = reader.tell()
     endian = "<" if is_little else ">"
     header = reader.read_exactly(position, 8)
     if len(header) < 8:
@@ -718,6 +779,476 @@ def _check_pixel_data(context: _Context, is_implicit: bool, is_little: bool) -> 
         item_position += 8 + item_length
         if item_position > end:
             raise _overrun(tag, item_length, item_position - end, context.file_size)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The fast path: an Explicit VR Little Endian data set walked straight from the bytes
+#
+# For the common file (Part 10 with preamble and DICM, Explicit VR Little Endian data set, defined lengths and
+# undefined-length sequences) the elements are read with ``struct.unpack_from`` from the file head in memory,
+# and the JSON model is built as they are met, with the same helpers as the reference path. Whenever the walk
+# meets anything it does not handle with certainty, it gives up and the reference path (pydicom) reads the file:
+# bad input and the rarer encodings are classified there, exactly as before.
+
+
+class _NotFast(Exception):
+    """The fast path cannot be sure of this file; the reference path reads it instead."""
+
+
+@dataclass(slots=True)
+class _FastPathCounters:
+    """How many headers each path produced; tests use it to prove that the fast path is really taken."""
+
+    taken: int = 0
+    fell_back: int = 0
+
+
+_FAST_PATH: Final = _FastPathCounters()
+#: Transfer syntaxes whose data set pydicom reads as Explicit VR Little Endian (PS3.5 A.2, A.4.1-A.4.2): the
+#: native one, the encapsulated JPEG family and RLE. The raw UI value may carry one byte of padding.
+_FAST_TRANSFER_SYNTAX: Final = re.compile(rb"(1\.2\.840\.10008\.1\.2\.(?:1|4\.[1-9][0-9]*|5))[\x00 ]?")
+# VRs with a 2-byte reserved field and a 4-byte length in explicit VR (PS3.5 §7.1.2, Table 7.1-1).
+_LONG_LENGTH_VRS: Final = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+# How the walk treats a value: text; one integer or one floating-point number (when the length is that of one
+# value); the general case (_value_json: binary, AT, several numbers, empty or bulk values); a sequence.
+_STRING: Final = 0
+_INTEGER: Final = 1
+_FLOAT: Final = 2
+_OTHER: Final = 3
+_SEQUENCE: Final = 4
+
+
+def _fast_category(vr: str) -> int:
+    if vr in _STRING_VRS:
+        return _STRING
+    if vr in {"SL", "SS", "UL", "US"}:
+        return _INTEGER
+    if vr in {"FL", "FD"}:
+        return _FLOAT
+    return _SEQUENCE if vr == "SQ" else _OTHER
+
+
+_TEXT_MEMO_VALUE_SIZE: Final = 64
+_TEXT_MEMO_ENTRIES: Final = 1024
+#: VR -> (VR, has a 4-byte length, category, the struct of one value for numbers, the memo of short ASCII
+#: values for text VRs other than PN, whose JSON values are dicts and so must not be shared between headers).
+#: UN is left to the reference path: its VR comes from the data dictionary, and with undefined length it is a
+#: sequence in implicit VR (PS3.5 §6.2.2).
+_FAST_VRS: Final[dict[bytes, tuple[str, bool, int, struct.Struct, dict[bytes, tuple[Any, ...]] | None]]] = {
+    vr.encode("ascii"): (
+        vr,
+        vr in _LONG_LENGTH_VRS,
+        _fast_category(vr),
+        struct.Struct("<" + _NUMERIC_VRS.get(vr, "B")),
+        {} if vr in _STRING_VRS and vr != "PN" else None,
+    )
+    for vr in sorted(_KNOWN_VRS - {"UN"})
+}
+_FIRST_PIXEL_DATA_TAG: Final = min(_PIXEL_DATA_TAGS)
+_FAST_PIXEL_VRS: Final = frozenset({b"OB", b"OW", b"OF", b"OD"})
+_ELEMENT_HEADER: Final = struct.Struct("<HH2sH")
+_ITEM_HEADER: Final = struct.Struct("<HHL")
+_LONG_LENGTH: Final = struct.Struct("<L")
+_ITEM_DELIMITER_TAG: Final = 0xFFFEE00D
+_SPECIFIC_CHARACTER_SET_TAG: Final = 0x00080005
+_TRAILING_PADDING_TAG: Final = 0xFFFCFFFC
+# The first read holds the header of a typical CT or MR slice without reaching far into its pixel data.
+_FAST_FIRST_READ: Final = 4096
+_FAST_MAX_READ: Final = 1024 * 1024
+
+
+def _pydicom_reads_as_usual() -> bool:
+    """Whether pydicom is configured as the fast path assumes: warnings, not exceptions; no custom hooks."""
+    return (
+        pydicom.config.settings.reading_validation_mode != pydicom.config.RAISE
+        and pydicom.config.data_element_callback is None
+        and pydicom.hooks.hooks.raw_element_vr is pydicom.hooks.raw_element_vr
+        and pydicom.hooks.hooks.raw_element_value is pydicom.hooks.raw_element_value
+        and not pydicom.hooks.hooks.raw_element_kwargs
+    )
+
+
+class _FastReader:
+    """The head of the file in memory, read on demand; positions count from the start of the DICOM file.
+
+    The walk only moves forward, so bytes already passed are dropped when more are read, and a value that is not
+    needed (bulk data) is skipped without being read.
+    """
+
+    __slots__ = ("_chunk", "_file", "_start", "base", "data", "size")
+
+    def __init__(self, file: IO[bytes], start: int, size: int) -> None:
+        self._file = file
+        self._start = start
+        self._chunk = _FAST_FIRST_READ
+        self.size = size
+        self.base = 0
+        self.data = b""
+
+    def fill(self, position: int, need: int) -> int:
+        """Make :attr:`data` hold ``need`` bytes from ``position`` on; the offset of ``position`` in it."""
+        offset = position - self.base
+        if offset >= 0 and offset + need <= len(self.data):
+            return offset
+        end = position + need
+        if end > self.size:
+            raise _NotFast
+        if 0 <= offset <= len(self.data):
+            # Reading on: each read twice the last, so a long header costs few reads.
+            kept = self.data[offset:]
+            chunk = self._chunk
+        else:
+            # Past a value that was skipped (bulk data): start small again, as at the start of the file.
+            kept = b""
+            chunk = _FAST_FIRST_READ
+        self._chunk = min(chunk * 2, _FAST_MAX_READ)
+        have = position + len(kept)
+        wanted = min(max(end, have + chunk), self.size) - have
+        self._file.seek(self._start + have)
+        more = self._file.read(wanted)
+        if len(more) != wanted:
+            raise _NotFast
+        self.data = kept + more
+        self.base = position
+        return 0
+
+
+class _FastWalker:
+    """Builds the JSON model exactly as :func:`_dataset_to_json` does for what pydicom would have read.
+
+    Conditions under which it gives up (:class:`_NotFast`): File Meta that does not open with its group length
+    or lacks a transfer syntax of :data:`_FAST_TRANSFER_SYNTAX`; a VR it does not know, or UN; undefined length
+    on anything but a sequence; a tag out of ascending order, repeated, in groups 0000-0002 or FFFE where an
+    element is expected; an item, sequence or value that does not end exactly where its parent says, or beyond
+    the file; text before (0008,0005) is settled; a Specific Character Set that is not CS; Pixel Data whose VR
+    is not OB, OW, OF or OD.
+    """
+
+    __slots__ = ("declared", "default", "note", "pixel_position", "reader", "threshold", "warnings")
+
+    def __init__(self, reader: _FastReader, default: _TextDecoder, bulk_data_threshold: int) -> None:
+        self.reader = reader
+        self.default = default
+        self.threshold = bulk_data_threshold
+        self.warnings: list[str] = []
+        self.declared: tuple[str, ...] = ()
+        self.note: str | None = None
+        self.pixel_position: int | None = None
+
+    def file_meta(self) -> tuple[str, int]:
+        """The transfer syntax and where the data set starts (PS3.10 §7.1)."""
+        reader = self.reader
+        position = 132
+        transfer_syntax: str | None = None
+        previous = -1
+        while True:
+            offset = reader.fill(position, 8)
+            group, element, vr_code, length = _ELEMENT_HEADER.unpack_from(reader.data, offset)
+            if group != 0x0002:
+                break
+            tag = group << 16 | element
+            kind = _FAST_VRS.get(vr_code)
+            if kind is None or kind[0] == "SQ" or tag <= previous:
+                raise _NotFast
+            # pydicom converts the first element to check the encoding (issue #503); a group length cannot fail.
+            if previous < 0 and (tag != 0x00020000 or vr_code != b"UL" or length != 4):
+                raise _NotFast
+            previous = tag
+            value_position = position + 8
+            if kind[1]:
+                offset = reader.fill(position, 12)
+                (length,) = _LONG_LENGTH.unpack_from(reader.data, offset + 8)
+                value_position += 4
+            if length == _UNDEFINED_LENGTH or value_position + length > reader.size:
+                raise _NotFast
+            if tag == 0x00020010:
+                offset = reader.fill(value_position, length)
+                match = _FAST_TRANSFER_SYNTAX.fullmatch(reader.data, offset, offset + length)
+                if kind[0] != "UI" or match is None:
+                    raise _NotFast
+                transfer_syntax = match.group(1).decode("ascii")
+            position = value_position + length
+        if transfer_syntax is None or transfer_syntax in pydicom.uid.PrivateTransferSyntaxes:
+            raise _NotFast
+        return transfer_syntax, position
+
+    def dataset(
+        self,
+        position: int,
+        end: int | None,
+        limit: int,
+        inherited: _TextDecoder | None,
+        prefix: str,
+    ) -> tuple[dict[str, Any], int]:
+        """One data set from ``position``: to ``end``, or to an Item Delimitation Item when ``end`` is None.
+
+        ``inherited`` is the parent's decoder, None for the top level (which stops at Pixel Data). Nothing may
+        reach beyond ``limit``. ``prefix`` is the BulkDataURI path of the data set.
+        """
+        reader = self.reader
+        size = reader.size
+        data, base = reader.data, reader.base
+        available = len(data)
+        threshold = min(self.threshold, _INLINE_TEXT_LIMIT)
+        top = inherited is None
+        bound = limit if end is None else end
+        result: dict[str, Any] = {}
+        decoder: _TextDecoder | None = None
+        previous = -1
+        while position < bound:
+            offset = position - base
+            if offset + 12 > available:
+                # 12 bytes hold the longest element header; only the last element of the file may be shorter.
+                if size - position < 8:
+                    raise _NotFast
+                offset = reader.fill(position, min(12, size - position))
+                data, base = reader.data, reader.base
+                available = len(data)
+            group, element, vr_code, length = _ELEMENT_HEADER.unpack_from(data, offset)
+            tag = group << 16 | element
+            if tag >= _FIRST_PIXEL_DATA_TAG:
+                if end is None and tag == _ITEM_DELIMITER_TAG:
+                    if vr_code != b"\x00\x00" or length:
+                        raise _NotFast
+                    return result, position + 8
+                if top and tag in _PIXEL_DATA_TAGS:
+                    # pydicom stops before Pixel Data at the top level only (stop_before_pixels).
+                    if vr_code not in _FAST_PIXEL_VRS:
+                        raise _NotFast
+                    self.pixel_position = position
+                    return result, position
+            kind = _FAST_VRS.get(vr_code)
+            if kind is None or tag <= previous or group <= 0x0002 or group == 0xFFFE:
+                raise _NotFast
+            previous = tag
+            vr, long_length, category, one_number, memo = kind
+            if long_length:
+                if offset + 12 > available:
+                    raise _NotFast
+                (length,) = _LONG_LENGTH.unpack_from(data, offset + 8)
+                value_position = position + 12
+            else:
+                value_position = position + 8
+            defined = length != _UNDEFINED_LENGTH
+            value_end = value_position + length
+            if defined and value_end > limit:
+                raise _NotFast
+            if element == 0 or tag == _TRAILING_PADDING_TAG:
+                # Left out of the JSON model (see _dataset_to_json), but pydicom reads them all the same.
+                if not defined:
+                    raise _NotFast
+                position = value_end
+                continue
+
+            if decoder is None and tag >= _SPECIFIC_CHARACTER_SET_TAG:
+                if tag == _SPECIFIC_CHARACTER_SET_TAG:
+                    if vr != "CS" or not defined:
+                        raise _NotFast
+                    decoder = self._character_set(value_position, length, inherited)
+                    data, base = reader.data, reader.base
+                    available = len(data)
+                    if top:
+                        result["00080005"] = self._top_character_set_json(value_position, length)
+                        position = value_end
+                        continue
+                else:
+                    decoder = self.default if inherited is None else inherited
+
+            key = f"{tag:08X}"
+            if category == _SEQUENCE:
+                if decoder is None:
+                    raise _NotFast
+                items, position = self.sequence(
+                    value_position, value_end if defined else None, limit, decoder, f"{prefix}{key}/"
+                )
+                data, base = reader.data, reader.base
+                available = len(data)
+                result[key] = {"vr": "SQ", "Value": items}
+                continue
+            if not defined:
+                raise _NotFast
+            position = value_end
+            if (
+                not length
+                or length > threshold
+                or category == _OTHER
+                or (category != _STRING and length != one_number.size)
+            ):
+                # Empty, bulk or oversized, binary, AT, floating point, several numbers: the general case.
+                result[key] = self._value_json(tag, vr, value_position, length, decoder, prefix + key)
+                data, base = reader.data, reader.base
+                available = len(data)
+                continue
+            offset = value_position - base
+            if offset + length > available:
+                offset = reader.fill(value_position, length)
+                data, base = reader.data, reader.base
+                available = len(data)
+            if category == _INTEGER:
+                # One number, as _decode_numbers gives it: JSON has no NaN or infinity.
+                result[key] = {"vr": vr, "Value": [one_number.unpack_from(data, offset)[0]]}
+                continue
+            if category == _FLOAT:
+                number = one_number.unpack_from(data, offset)[0]
+                result[key] = {"vr": vr, "Value": [number if math.isfinite(number) else None]}
+                continue
+            if decoder is None:
+                raise _NotFast
+            value = data[offset : value_end - base]
+            result[key] = self._text_json(tag, vr, value, decoder, memo)
+        if end is None or position != end:
+            # An undefined-length item without its delimiter, or a value running past the item's end.
+            raise _NotFast
+        return result, position
+
+    def sequence(
+        self, position: int, end: int | None, limit: int, decoder: _TextDecoder, prefix: str
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The items of a sequence (PS3.5 §7.5): to ``end``, or to a Sequence Delimitation Item."""
+        reader = self.reader
+        items: list[dict[str, Any]] = []
+        while True:
+            if end is not None and position >= end:
+                if position > end:
+                    raise _NotFast
+                break
+            offset = reader.fill(position, 8)
+            group, element, length = _ITEM_HEADER.unpack_from(reader.data, offset)
+            tag = group << 16 | element
+            if end is None and tag == _SEQUENCE_DELIMITER_TAG:
+                if length:
+                    raise _NotFast
+                return items, position + 8
+            if tag != _ITEM_TAG:
+                raise _NotFast
+            item_prefix = f"{prefix}{len(items)}/"
+            if length == _UNDEFINED_LENGTH:
+                item, position = self.dataset(position + 8, None, limit, decoder, item_prefix)
+            else:
+                item_end = position + 8 + length
+                if item_end > limit:
+                    raise _NotFast
+                item, position = self.dataset(position + 8, item_end, item_end, decoder, item_prefix)
+            items.append(item)
+        return items, position
+
+    def _character_set(self, position: int, length: int, inherited: _TextDecoder | None) -> _TextDecoder:
+        """The decoder for a data set that declares (0008,0005); for the top level, also what it declared."""
+        if inherited is not None:
+            # An item's own character set, as the reference path reads it: raw bytes (PS3.5 §7.5.3).
+            offset = self.reader.fill(position, length)
+            decoder, _ = _decoder_for(_charset_terms(self.reader.data[offset : offset + length]), inherited)
+            return decoder
+        self.declared = _charset_terms(self._top_character_set(position, length).value)
+        decoder, self.note = _decoder_for(self.declared, self.default)
+        return decoder
+
+    def _top_character_set(self, position: int, length: int) -> DataElement:
+        # At the top level pydicom converts (0008,0005) to learn the encoding; the same conversion is used here.
+        offset = self.reader.fill(position, length)
+        # Like pydicom's reader: an empty value is b"" (or None, with config.use_none_as_empty_text_VR_value).
+        empty = cast(bytes | None, empty_value_for_VR("CS", raw=True))
+        value = self.reader.data[offset : offset + length] if length else empty
+        raw = RawDataElement(Tag(_SPECIFIC_CHARACTER_SET_TAG), "CS", length, value, position, False, True)
+        return convert_raw_data_element(raw, encoding=default_encoding)
+
+    def _top_character_set_json(self, position: int, length: int) -> dict[str, Any]:
+        return _converted_to_json(self._top_character_set(position, length), "CS")
+
+    def _text_json(
+        self, tag: int, vr: str, value: bytes, decoder: _TextDecoder, memo: dict[bytes, tuple[Any, ...]] | None
+    ) -> dict[str, Any]:
+        """A text value as :func:`_element_to_json` gives it.
+
+        Short ASCII values decode the same under every character set, and the same values recur in every file
+        (modality, dates, spacing, study UIDs within a study), so their result is remembered, per VR.
+        """
+        remember = memo is not None and len(value) <= _TEXT_MEMO_VALUE_SIZE and value.isascii() and 27 not in value
+        if remember:
+            assert memo is not None
+            known = memo.get(value)
+            if known is not None:
+                return {"vr": vr, "Value": list(known)} if known else {"vr": vr}
+        try:
+            text, lossy = decoder.decode(value, _PN_DELIMITERS if vr == "PN" else _TEXT_DELIMITERS)
+            values = _text_values(vr, text)
+        except (struct.error, ValueError):
+            self.warnings.append(f"{_tag_text(tag)}: {vr} value could not be decoded")
+            return {"vr": vr}
+        if lossy:
+            self.warnings.append(f"{_tag_text(tag)}: text not valid in the declared character set")
+        elif remember:
+            assert memo is not None
+            if len(memo) >= _TEXT_MEMO_ENTRIES:
+                memo.clear()
+            memo[value] = tuple(values)
+        return {"vr": vr, "Value": values} if values else {"vr": vr}
+
+    def _value_json(
+        self, tag: int, vr: str, position: int, length: int, decoder: _TextDecoder | None, path: str
+    ) -> dict[str, Any]:
+        """What :func:`_element_to_json` makes of a raw element with a defined length and a known VR."""
+        if _is_bulk(vr, length, self.threshold):
+            return {"vr": vr, "BulkDataURI": BULK_DATA_URI_PREFIX + path}
+        if length > _INLINE_TEXT_LIMIT:
+            self.warnings.append(f"{_tag_text(tag)}: {length}-byte {vr} value left out of the JSON model")
+            return {"vr": vr}
+        if not length:
+            return {"vr": vr}
+        offset = self.reader.fill(position, length)
+        value = self.reader.data[offset : offset + length]
+        if vr in _BINARY_VRS:
+            return {"vr": vr, "InlineBinary": base64.b64encode(value).decode("ascii")}
+        if decoder is None:
+            if vr in _STRING_VRS:
+                raise _NotFast  # text before (0008,0005) is settled
+            decoder = self.default  # not used for numbers and AT
+        try:
+            values, lossy = _decode_value(vr, value, True, decoder)
+        except (struct.error, ValueError):
+            self.warnings.append(f"{_tag_text(tag)}: {vr} value could not be decoded")
+            return {"vr": vr}
+        if lossy:
+            self.warnings.append(f"{_tag_text(tag)}: text not valid in the declared character set")
+        return {"vr": vr, "Value": values} if values else {"vr": vr}
+
+
+def _read_header_fast(
+    file: IO[bytes], start: int, end: int, default: _TextDecoder, bulk_data_threshold: int
+) -> InstanceHeader | None:
+    """The header by the fast path, or None when the reference path must read the file."""
+    if not _pydicom_reads_as_usual():
+        _FAST_PATH.fell_back += 1
+        return None
+    reader = _FastReader(file, start, end - start)
+    walker = _FastWalker(reader, default, bulk_data_threshold)
+    try:
+        transfer_syntax, position = walker.file_meta()
+        dataset_json, _ = walker.dataset(position, reader.size, reader.size, None, "")
+        pixel_data: tuple[int, str] | None = None
+        if walker.pixel_position is not None:
+            context = _Context(
+                reader=_GuardedReader(file, end),
+                file_end=end,
+                file_size=end - start,
+                check_extents=True,
+                bulk_data_threshold=bulk_data_threshold,
+            )
+            pixel_data = _check_pixel_data(context, False, True, start + walker.pixel_position)
+        header = _finish_header(
+            dataset_json,
+            pixel_data,
+            transfer_syntax=transfer_syntax,
+            declared=walker.declared,
+            warnings=walker.warnings if walker.note is None else [walker.note, *walker.warnings],
+            check_cut_short=True,
+        )
+    except (_NotFast, InvalidDicom, struct.error):
+        # A problem, or something only the reference path knows how to read: it decides (and names any error).
+        _FAST_PATH.fell_back += 1
+        return None
+    _FAST_PATH.taken += 1
+    return header
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -917,21 +1448,26 @@ def _decode_value(vr: str, value: bytes, little_endian: bool, decoder: _TextDeco
     # Decode the whole value before splitting at backslashes: in GBK and GB18030 the byte 0x5C is also the
     # second byte of characters such as 誠, so splitting the bytes first would cut them in half.
     text, lossy = decoder.decode(value, delimiters)
+    return _text_values(vr, text), lossy
+
+
+def _text_values(vr: str, text: str) -> list[Any]:
+    """The JSON "Value" array of a decoded string value; empty when the value is empty."""
     pieces = [text] if vr in _SINGLE_VALUED_STRING_VRS else text.split("\\")
     if vr in _TRAILING_PADDING_ONLY_VRS:
         cleaned = [piece.rstrip(" \x00") for piece in pieces]
     else:
         cleaned = [piece.strip(" \x00") for piece in pieces]
     if len(cleaned) == 1 and not cleaned[0]:
-        return [], lossy
+        return []
     if vr == "PN":
-        return [_person_name_json(piece) for piece in cleaned], lossy
+        return [_person_name_json(piece) for piece in cleaned]
     if vr == "IS":
-        return [_integer_string(piece) for piece in cleaned], lossy
+        return [_integer_string(piece) for piece in cleaned]
     if vr == "DS":
-        return [_decimal_string(piece) for piece in cleaned], lossy
+        return [_decimal_string(piece) for piece in cleaned]
     # Empty values inside a multi-valued attribute are null (PS3.18 F.2.5).
-    return [piece or None for piece in cleaned], lossy
+    return [piece or None for piece in cleaned]
 
 
 def _decode_numbers(vr: str, value: bytes, little_endian: bool) -> list[Any]:
