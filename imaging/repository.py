@@ -12,7 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import ColumnElement, Select, Table, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, LargeBinary, Select, Table, and_, func, or_, select, update
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -223,18 +224,34 @@ async def stored_instances(
     return [StoredInstance(*row) for row in await session.execute(query)]
 
 
-async def metadata_documents(
+def _utf8(session: AsyncSession, column: Any) -> Any:
+    """``column`` (text) as its UTF-8 bytes, so that megabytes of stored JSON are neither decoded into Python
+    strings by the driver nor encoded back for the response. PostgreSQL's text-to-bytea cast would read
+    backslashes as escapes, so it gets ``convert_to`` instead."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.convert_to(column, "UTF8")
+    return sql_cast(column, LargeBinary)
+
+
+def metadata_query(
     session: AsyncSession, *, study_pk: int, series_uid: str | None = None, sop_instance_uid: str | None = None
-) -> list[str]:
-    """The stored DICOM JSON of each instance, in series and instance order: one query, no parsing."""
-    query = select(ImagingInstance.dataset_json).where(ImagingInstance.study_pk == study_pk)
+) -> Select[Any]:
+    """The stored documents in series and instance order, which ``ix_imaging_instance_study_order`` provides."""
+    query = select(_utf8(session, ImagingInstance.dataset_json)).where(ImagingInstance.study_pk == study_pk)
     if series_uid is not None or sop_instance_uid is not None:
         query = query.join(ImagingSeries, ImagingSeries.id == ImagingInstance.series_pk)
         if series_uid is not None:
             query = query.where(ImagingSeries.series_uid == series_uid)
         if sop_instance_uid is not None:
             query = query.where(ImagingInstance.sop_instance_uid == sop_instance_uid)
-    query = query.order_by(ImagingInstance.series_pk, ImagingInstance.instance_number, ImagingInstance.id)
+    return query.order_by(ImagingInstance.series_pk, ImagingInstance.instance_number, ImagingInstance.id)
+
+
+async def metadata_documents(
+    session: AsyncSession, *, study_pk: int, series_uid: str | None = None, sop_instance_uid: str | None = None
+) -> list[bytes]:
+    """The stored DICOM JSON of each instance as UTF-8, in series and instance order: one query, no parsing."""
+    query = metadata_query(session, study_pk=study_pk, series_uid=series_uid, sop_instance_uid=sop_instance_uid)
     return list((await session.scalars(query)).all())
 
 

@@ -7,7 +7,7 @@ import asyncio
 import importlib
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Annotated, Any, Final
@@ -190,7 +190,7 @@ async def _metadata(
     sop_instance_uid: str | None = None,
 ) -> Response:
     _accept_json(request)
-    body = await service.metadata(
+    chunks = await service.metadata(
         uow,
         principal=principal,
         root=dicomweb_root(request),
@@ -198,7 +198,12 @@ async def _metadata(
         series_uid=series_uid,
         sop_instance_uid=sop_instance_uid,
     )
-    return _json(body)
+
+    async def send() -> AsyncIterator[bytes]:
+        for chunk in chunks:  # joined in memory already: each step is a few hundred KB of byte copying
+            yield chunk
+
+    return StreamingResponse(send(), media_type=wado.DICOM_JSON, headers=dict(NO_STORE))
 
 
 @dicomweb.get("/studies/{study_uid}/metadata", response_class=Response, summary="WADO-RS: study metadata")

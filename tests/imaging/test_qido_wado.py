@@ -318,3 +318,55 @@ async def test_wado_uri_and_rendered(client: httpx.AsyncClient, community: Commu
     thumbnail = await client.get(f"{base}/thumbnail", headers=archive.headers)
     assert thumbnail.status_code == 200
     assert thumbnail.content[:2] == b"\xff\xd8"
+
+
+async def test_metadata_of_a_study_larger_than_one_chunk_is_whole_and_in_order(
+    app: FastAPI, client: httpx.AsyncClient, community: Community, tmp_path: Path
+) -> None:
+    """The answer is sent in chunks of stored documents (service.METADATA_CHUNK_DOCUMENTS); the client sees one
+    JSON array: every instance once, by series then instance number, bulk data URIs absolute in every chunk."""
+    from imaging.service import METADATA_CHUNK_DOCUMENTS
+    from tests.imaging.helpers import small_study
+
+    headers = await community.login(client, "vd_a1")
+    study_uid = new_uid()
+    count = METADATA_CHUNK_DOCUMENTS * 2 + 5
+    first_series = small_study(tmp_path / "a", count - 7, study_uid=study_uid, rows=8, cols=8)
+    second_series = small_study(tmp_path / "b", 7, study_uid=study_uid, rows=8, cols=8)
+    # Sent out of order, the second series first, and in two requests.
+    assert (await stow(client, headers, list(reversed(second_series)))).status_code == 200
+    assert (await stow(client, headers, list(reversed(first_series)))).status_code == 200
+
+    response = await client.get(f"/dicomweb/studies/{study_uid}/metadata", headers=headers)
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/dicom+json")
+    instances = response.json()
+    assert len(instances) == count
+    assert len({first(i, "00080018") for i in instances}) == count
+    order = [(first(i, "0020000E"), first(i, "00200013")) for i in instances]
+    series_seen = list(dict.fromkeys(series for series, _ in order))
+    assert len(series_seen) == 2
+    for series in series_seen:
+        numbers = [number for s, number in order if s == series]
+        assert numbers == sorted(numbers)
+    for instance in instances:
+        assert instance["7FE00010"]["BulkDataURI"].startswith(f"http://testserver/dicomweb/studies/{study_uid}/")
+
+
+async def test_study_metadata_is_read_in_index_order_without_a_sort(app: FastAPI) -> None:
+    """WADO-RS metadata reads a study's documents in the order of an index: no temporary b-tree sorting
+    megabytes of stored JSON on every request (SQLite's plan says so; PostgreSQL plans by its statistics)."""
+    from sqlalchemy import text
+
+    from imaging.repository import metadata_query
+
+    if not app.state.ctx.db.is_sqlite:
+        pytest.skip("the plan check is SQLite's")
+    async with app.state.ctx.db.read_session() as session:
+        query = metadata_query(session, study_pk=1)
+        sql = str(query.compile(session.get_bind(), compile_kwargs={"literal_binds": True}))
+        plan = (await session.execute(text(f"EXPLAIN QUERY PLAN {sql}"))).all()
+    details = " ".join(str(row[-1]) for row in plan)
+    assert "ix_imaging_instance_study_order" in details
+    assert "TEMP B-TREE" not in details

@@ -366,9 +366,3 @@ async def test_concurrent_senders_take_turns_and_lose_nothing(
     assert await count_blobs(app.state.ctx) == 8
     turn = app.state.ctx.extras.get(_TURN_KEY)
     assert turn is None or not turn.locked()
-
-
-def _sop_uid(path: Path) -> str:
-    import pydicom
-
-    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
