@@ -80,7 +80,8 @@ def _copy_packages(target: Path) -> None:
 
 
 def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
-    lint = shutil.which("lint-imports")
+    # The console script sits beside the interpreter running the tests (the venv's bin), whatever PATH says.
+    lint = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
     assert lint, "import-linter is part of the dev dependencies"
     env = {"PYTHONPATH": str(root), "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
     return subprocess.run([lint, "--no-cache"], cwd=root, env=env, capture_output=True, text=True, timeout=120)
