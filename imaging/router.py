@@ -485,6 +485,40 @@ async def _render(
     return Response(content=image, media_type=media_type, headers=NO_STORE)
 
 
+async def _rendered(
+    uow: UnitOfWork,
+    principal: Principal,
+    request: Request,
+    uids: tuple[str, str, str],
+    *,
+    frame: int | None,
+    quality: int | None,
+    viewport: str | None,
+    window: str | None,
+) -> Response:
+    """A rendered image (PS3.18 §10.4.1.1.4): JPEG or PNG by Accept, with the quality, viewport and window asked."""
+    media_type = _rendered_media_type(request.headers.get("accept"))
+    options: dict[str, Any] = {}
+    if frame is not None:
+        options["frame"] = frame
+    if quality is not None:
+        options["quality"] = quality
+    if (size := _floats(viewport, 2, "viewport")) is not None:
+        options["viewport"] = (int(size[0]), int(size[1]))
+    if (centre_width := _floats(window, 2, "window")) is not None:
+        options["window"] = (centre_width[0], centre_width[1])
+    study_uid, series_uid, sop_instance_uid = uids
+    return await _render(
+        uow,
+        principal=principal,
+        study_uid=study_uid,
+        series_uid=series_uid,
+        sop_instance_uid=sop_instance_uid,
+        media_type=media_type,
+        options=options,
+    )
+
+
 @dicomweb.get(
     "/studies/{study_uid}/series/{series_uid}/instances/{sop_instance_uid}/rendered",
     response_class=Response,
@@ -501,23 +535,8 @@ async def retrieve_rendered(
     viewport: str | None = None,
     window: str | None = None,
 ) -> Response:
-    media_type = _rendered_media_type(request.headers.get("accept"))
-    options: dict[str, Any] = {}
-    if quality is not None:
-        options["quality"] = quality
-    if (size := _floats(viewport, 2, "viewport")) is not None:
-        options["viewport"] = (int(size[0]), int(size[1]))
-    if (centre_width := _floats(window, 2, "window")) is not None:
-        options["window"] = (centre_width[0], centre_width[1])
-    return await _render(
-        uow,
-        principal=principal,
-        study_uid=study_uid,
-        series_uid=series_uid,
-        sop_instance_uid=sop_instance_uid,
-        media_type=media_type,
-        options=options,
-    )
+    uids = (study_uid, series_uid, sop_instance_uid)
+    return await _rendered(uow, principal, request, uids, frame=None, quality=quality, viewport=viewport, window=window)
 
 
 @dicomweb.get(
@@ -541,22 +560,9 @@ async def retrieve_rendered_frame(
     if len(numbers) != 1:
         # JPEG and PNG hold one image; a multi-frame rendering would need a video or GIF media type.
         raise BadQuery("渲染图像一次只能请求一帧", "A rendered image shows one frame: ask for one frame number")
-    media_type = _rendered_media_type(request.headers.get("accept"))
-    options: dict[str, Any] = {"frame": numbers[0]}
-    if quality is not None:
-        options["quality"] = quality
-    if (size := _floats(viewport, 2, "viewport")) is not None:
-        options["viewport"] = (int(size[0]), int(size[1]))
-    if (centre_width := _floats(window, 2, "window")) is not None:
-        options["window"] = (centre_width[0], centre_width[1])
-    return await _render(
-        uow,
-        principal=principal,
-        study_uid=study_uid,
-        series_uid=series_uid,
-        sop_instance_uid=sop_instance_uid,
-        media_type=media_type,
-        options=options,
+    uids = (study_uid, series_uid, sop_instance_uid)
+    return await _rendered(
+        uow, principal, request, uids, frame=numbers[0], quality=quality, viewport=viewport, window=window
     )
 
 
