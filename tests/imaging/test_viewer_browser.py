@@ -9,6 +9,8 @@ downloads a browser: a machine without /usr/bin/chromium fails these tests rathe
 from __future__ import annotations
 
 import asyncio
+import io
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -360,5 +362,42 @@ async def test_failures_are_told_plainly_in_chinese_and_english(browser: Browser
     page, problems, _ = await _open_viewer(browser, live_server, 1280, study="", user="analyst")
     await expect(page.locator("#forbidden")).to_be_visible()
     await expect(page.locator("#study-picker")).to_be_hidden()
+    assert problems.messages == []
+    await page.context.close()
+
+
+async def test_a_radiologist_exports_a_de_identified_copy_from_the_viewer(
+    browser: Browser, live_server: LiveServer
+) -> None:
+    page, problems, _ = await _open_viewer(browser, live_server, 1280)
+    panel = page.locator("#study-export")
+    await expect(panel).to_be_visible()
+    await page.locator("#export-purpose").select_option("second_opinion")
+    await page.get_by_role("button", name="导出去标识化副本").click()
+    status = page.locator("#export-status")
+    await expect(status).to_contain_text("导出完成", timeout=30_000)
+    await expect(status).to_contain_text("已去除患者身份信息")
+
+    async with page.expect_download() as waiting:
+        await page.get_by_role("button", name="下载", exact=True).click()
+    download = await waiting.value
+    assert download.suggested_filename.endswith(".zip")
+    assert "second_opinion" in download.suggested_filename
+    saved = await download.path()
+    with zipfile.ZipFile(io.BytesIO(saved.read_bytes())) as archive:
+        names = archive.namelist()
+    assert "manifest.json" in names
+    assert any(name.endswith(".dcm") for name in names)
+
+    await page.get_by_role("button", name="English").click()
+    await expect(status).to_contain_text("patient identity removed")
+    assert problems.messages == []
+    await page.context.close()
+
+
+async def test_a_village_doctor_is_not_offered_the_export(browser: Browser, live_server: LiveServer) -> None:
+    page, problems, _ = await _open_viewer(browser, live_server, 1280, user="vd_a1")
+    await page.wait_for_function(IMAGE_READY)
+    await expect(page.locator("#study-export")).to_be_hidden()
     assert problems.messages == []
     await page.context.close()

@@ -8,11 +8,14 @@
 // moves the wanted position, and when it ends the latest wanted image is fetched, never the ones skipped over.
 // Window changes by dragging are shown as numbers at once and sent to the server when the hand rests.
 import {
+  ApiError,
   CLINICAL_ROLES,
   accessToken,
+  api,
   currentLanguage,
   goToLogin,
   onLanguageChange,
+  problemText,
   readJson,
   startSignedInPage,
   t,
@@ -879,9 +882,114 @@ function startStudy() {
   loadStudy();
 }
 
+// ---------------------------------------------------------------- de-identified export
+
+// Radiologists and specialists may hand a study on for teaching or a second opinion as a de-identified copy
+// (PS3.15 basic profile). The server builds it in the background; the page shows its progress and, once it is
+// ready, fetches it with the bearer token and saves it. The copy is the requester's alone and expires in days.
+const EXPORT_ROLES = Object.freeze(["radiologist", "specialist"]);
+const EXPORT_POLL_MS = 1_500;
+const exportView = {
+  form: $("study-export"),
+  purpose: $("export-purpose"),
+  start: $("export-start"),
+  download: $("export-download"),
+  status: $("export-status"),
+};
+const exporting = { job: null, status: null, timer: 0 };
+
+function showExportStatus(key, values) {
+  exporting.status = key ? { key, values } : null;
+  exportView.status.textContent = key ? t(key, values) : "";
+}
+
+function showExportFailure(text) {
+  exporting.status = { text };
+  exportView.status.textContent = text;
+}
+
+function showExport(job) {
+  exporting.job = job;
+  const busy = job.status === "queued" || job.status === "running";
+  exportView.start.disabled = busy;
+  exportView.download.hidden = job.status !== "done";
+  if (job.status === "queued") showExportStatus("imaging.export.queued");
+  else if (job.status === "running") {
+    showExportStatus("imaging.export.running", { done: job.progress.done, total: job.progress.total });
+  } else if (job.status === "done") {
+    showExportStatus("imaging.export.done", { count: job.progress.done - job.progress.skipped });
+  } else if (job.status === "expired") showExportStatus("imaging.export.expired");
+  else showExportFailure(t("imaging.export.failed", { reason: job.reason_message || job.reason || "" }));
+  clearTimeout(exporting.timer);
+  if (busy) exporting.timer = setTimeout(followExport, EXPORT_POLL_MS);
+}
+
+async function followExport() {
+  if (!exporting.job) return;
+  try {
+    showExport(await api(`/api/v1/imaging/exports/${exporting.job.id}`));
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 0) {
+      exporting.timer = setTimeout(followExport, EXPORT_POLL_MS * 4); // offline for now: keep following
+      return;
+    }
+    exportView.start.disabled = false;
+    showExportFailure(problemText(error));
+  }
+}
+
+async function startExport(event) {
+  event.preventDefault();
+  exportView.start.disabled = true;
+  exportView.download.hidden = true;
+  showExportStatus("imaging.export.queued");
+  try {
+    showExport(await api("/api/v1/imaging/exports", { method: "POST", json: { study_uid: study, purpose: exportView.purpose.value } }));
+  } catch (error) {
+    exportView.start.disabled = false;
+    showExportFailure(problemText(error));
+  }
+}
+
+async function downloadExport() {
+  const job = exporting.job;
+  if (!job || job.status !== "done") return;
+  exportView.download.disabled = true;
+  try {
+    const response = await request(`/api/v1/imaging/exports/${job.id}/download`, "application/zip");
+    const disposition = response.headers.get("Content-Disposition") || "";
+    const name = /filename="([^"]+)"/.exec(disposition)?.[1] || "telemed-deid.zip";
+    const url = URL.createObjectURL(await response.blob());
+    const link = document.createElement("a");
+    link.href = url;
+    link.download = name;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  } catch (error) {
+    showExportFailure(failureText(error, "study"));
+  } finally {
+    exportView.download.disabled = false;
+  }
+}
+
+function startExportPanel(me) {
+  if (!EXPORT_ROLES.includes(me.role)) return;
+  exportView.form.hidden = false;
+  exportView.form.addEventListener("submit", startExport);
+  exportView.download.addEventListener("click", downloadExport);
+}
+
 // ---------------------------------------------------------------- start
 
 function retranslate() {
+  if (exporting.status) {
+    const { key, values, text } = exporting.status;
+    if (key) exportView.status.textContent = t(key, values);
+    else if (exporting.job) showExport(exporting.job);
+    else exportView.status.textContent = text;
+  }
   if (pageFailure) errorText.textContent = failureText(pageFailure.error, pageFailure.what);
   if (!study) {
     if (picker.loaded) renderStudies();
@@ -902,8 +1010,10 @@ async function start() {
   const me = await startSignedInPage({ roles: CLINICAL_ROLES });
   if (!me) return;
   onLanguageChange(retranslate);
-  if (study) startStudy();
-  else startPicker();
+  if (study) {
+    startStudy();
+    startExportPanel(me);
+  } else startPicker();
 }
 
 start();
