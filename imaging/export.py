@@ -55,7 +55,7 @@ from imaging.export_models import ImagingExport
 from imaging.ingest import RESOURCE_TYPE
 from imaging.models import ImagingStudy
 from imaging.repository import StoredInstance
-from imaging.service import find_study
+from imaging.service import find_study, spool_dir
 from telemed.core.audit import SYSTEM_ACTOR, AuditAction, AuditEntry, AuditOutcome
 from telemed.core.auth import Principal, Role
 from telemed.core.context import AppContext
@@ -81,7 +81,6 @@ _DEFER_BYTES: Final = 64 * 1024
 #: Progress is written about this many times per export (every instance for small studies).
 _PROGRESS_WRITES: Final = 50
 _WAKEUP_KEY: Final = "imaging.export_wakeup"
-_SPOOL_KEY: Final = "imaging.export_spool"
 
 
 class ExportPurpose(StrEnum):
@@ -711,22 +710,13 @@ class _Lease:
                 log.exception("renewing an export's lease failed", extra={"export_id": str(self._claim.id)})
 
 
-async def _spool_dir(ctx: AppContext) -> Path:
-    """Where ZIPs are built: on the data volume (``telemed imaging repair`` removes what a crash leaves there)."""
-    path = ctx.settings.data_dir / "spool" / "exports"
-    if ctx.extras.get(_SPOOL_KEY) != path:
-        await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
-        ctx.extras[_SPOOL_KEY] = path
-    return path
-
-
 def _remove_spooled(spool: Path, export_id: uuid.UUID) -> None:
     for path in spool.glob(f"{export_id}.*"):
         path.unlink(missing_ok=True)
 
 
 async def _run_claimed(ctx: AppContext, claim: _Claim) -> None:
-    spool = await _spool_dir(ctx)
+    spool = await spool_dir(ctx, "exports")
     await asyncio.to_thread(_remove_spooled, spool, claim.id)  # what an attempt that crashed left
     target = spool / f"{claim.id}.{claim.token.hex}.zip"
     lease = _Lease(ctx, claim)

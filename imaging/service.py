@@ -155,7 +155,7 @@ async def store_instances(
         return await read_scope(uow, principal, action=AuditAction.create, resource_id=resource)
 
     sender = Sender(source="stow", facility_id=principal.facility_id, scope_loader=scope)
-    spool_dir = await _spool_dir(ctx)
+    spool = await spool_dir(ctx, "stow")
     charset = ctx.settings.default_dicom_charset
 
     result = StowResult()
@@ -183,7 +183,7 @@ async def store_instances(
 
     try:
         async for part in iter_parts(
-            body, content_type, spool_dir=spool_dir, max_part_bytes=settings.imaging_max_part_bytes
+            body, content_type, spool_dir=spool, max_part_bytes=settings.imaging_max_part_bytes
         ):
             seen_parts += 1
             outcome_or_item = await _receive_part(part, charset=charset, study_uid=study_uid)
@@ -262,12 +262,15 @@ async def _receive_part(part: Part | RejectedPart, *, charset: str, study_uid: s
     return item
 
 
-async def _spool_dir(ctx: AppContext) -> Path:
-    """Where STOW-RS parts are spooled: on the data volume, so a 2 GB part never lands in a small /tmp."""
-    path = ctx.settings.data_dir / "spool" / "stow"
-    if ctx.extras.get(_SPOOL_READY) != path:
+async def spool_dir(ctx: AppContext, name: str) -> Path:
+    """A working folder under ``data/spool`` (``stow`` for STOW-RS parts, ``exports`` for ZIPs being built): on
+    the data volume, so a 2 GB part never lands in a small /tmp, and ``telemed imaging repair`` removes what a
+    crash leaves there. Made once per process."""
+    path = ctx.settings.data_dir / "spool" / name
+    key = f"{_SPOOL_READY}.{name}"
+    if ctx.extras.get(key) != path:
         await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
-        ctx.extras[_SPOOL_READY] = path
+        ctx.extras[key] = path
     return path
 
 
