@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -293,16 +293,44 @@ def _stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 30) 
         process.wait(timeout=10)
 
 
-def _wait_http(process: subprocess.Popen[bytes], url: str, log_path: Path, timeout: float = 60) -> None:
+def _spawn(
+    command: Sequence[str], log_path: Path, *, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A server subprocess with its output appended to ``log_path``."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(list(command), stdout=log, stderr=log, env=env, cwd=cwd)
+
+
+def _wait_until(
+    process: subprocess.Popen[bytes], what: str, ready: Callable[[], bool], log_path: Path, timeout: float
+) -> None:
+    """Poll ``ready()`` until it is true; a process that exits first fails with the tail of its log."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{url}: process exited early:\n{log_path.read_text(errors='replace')[-3000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
+            raise RuntimeError(f"{what}: process exited early:\n{log_path.read_text(errors='replace')[-3000:]}")
+        if ready():
+            return
         time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+    raise RuntimeError(f"{what} did not answer within {timeout:.0f} s")
+
+
+def _wait_http(process: subprocess.Popen[bytes], url: str, log_path: Path, timeout: float = 60) -> None:
+    def answers() -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(url, timeout=1).status_code == 200
+        return False
+
+    _wait_until(process, url, answers, log_path, timeout)
+
+
+def _wait_tcp(process: subprocess.Popen[bytes], port: int, log_path: Path, timeout: float = 60) -> None:
+    def accepts() -> bool:
+        with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout=1):
+            return True
+        return False
+
+    _wait_until(process, f"port {port}", accepts, log_path, timeout)
 
 
 class Target:
@@ -366,13 +394,10 @@ class OrthancServer(Target):
         }
         config_path = workdir / "orthanc.json"
         config_path.write_text(json.dumps(self.config, indent=2))
-        log = self.log_path.open("ab")
         # TCP_NODELAY=1: DCMTK inside Orthanc keeps Nagle on for DIMSE otherwise (dicom-notes §1 "Pitfall").
         env = {**os.environ, "TCP_NODELAY": "1"}
-        self.process: subprocess.Popen[bytes] | None = subprocess.Popen(
-            [str(prerequisites.orthanc), str(config_path)], stdout=log, stderr=log, env=env, cwd=workdir
-        )
-        log.close()
+        command = [str(prerequisites.orthanc), str(config_path)]
+        self.process: subprocess.Popen[bytes] | None = _spawn(command, self.log_path, env=env, cwd=workdir)
         self.pid = self.process.pid
         try:
             _wait_http(self.process, f"{self.base_url}/system", self.log_path)
@@ -406,14 +431,8 @@ class CeilingServer(Target):
         self.dicom_port = port
         self.called_ae = "CEILING"
         log_path = workdir / f"ceiling-{kind}.log"
-        log = log_path.open("ab")
-        self.process: subprocess.Popen[bytes] | None = subprocess.Popen(
-            [sys.executable, str(REPO_ROOT / "loadtests" / "ceilings.py"), kind, str(port)],
-            stdout=log,
-            stderr=log,
-            cwd=REPO_ROOT,
-        )
-        log.close()
+        command = [sys.executable, str(REPO_ROOT / "loadtests" / "ceilings.py"), kind, str(port)]
+        self.process: subprocess.Popen[bytes] | None = _spawn(command, log_path, cwd=REPO_ROOT)
         self.pid = self.process.pid
         try:
             if kind == "stow":
@@ -427,17 +446,6 @@ class CeilingServer(Target):
     def stop(self) -> None:
         _stop_process(self.process)
         self.process = None
-
-
-def _wait_tcp(process: subprocess.Popen[bytes], port: int, log_path: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"port {port}: process exited early:\n{log_path.read_text(errors='replace')[-3000:]}")
-        with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout=1):
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"port {port} did not open within {timeout:.0f} s")
 
 
 @dataclass(frozen=True)
@@ -583,15 +591,8 @@ class TelemedServer(Target):
         if migrate.returncode != 0:
             raise RuntimeError(f"telemed migrate failed:\n{migrate.stdout}\n{migrate.stderr}")
         self.ids = asyncio.run(_seed(self.database_url))
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "telemed", "serve", "--host", LOOPBACK, "--port", str(self.http_port)],
-            env=self.env,
-            stdout=log,
-            stderr=log,
-            cwd=REPO_ROOT,
-        )
-        log.close()
+        command = [sys.executable, "-m", "telemed", "serve", "--host", LOOPBACK, "--port", str(self.http_port)]
+        self.process = _spawn(command, self.log_path, env=self.env, cwd=REPO_ROOT)
         self.pid = self.process.pid
         try:
             _wait_http(self.process, f"{self.base_url}/healthz", self.log_path)
