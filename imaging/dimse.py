@@ -42,11 +42,10 @@ from imaging.ingest import (
     Outcome,
     Sender,
     audit_outcomes,
-    finish_batch,
-    prepare_batch,
     read_received,
     refused,
     refused_file,
+    store_batch,
 )
 from telemed.core.audit import AuditAction, AuditActor, AuditEntry
 from telemed.core.auth import Principal, Role
@@ -316,13 +315,11 @@ async def store_received_file(ctx: AppContext, path: Path, node: NodeInfo) -> Ou
         except OSError:
             outcome = refused(0, FailureReason.processing_failure, "imaging.read_failed", "Unreadable data set.")
         else:
-            prepared = await prepare_batch(uow, [item], sender)
-            try:
-                audit_outcomes(uow, prepared.outcomes, source="dimse", calling_ae=node.ae_title)
-                await finish_batch(uow, prepared)
-            finally:
-                prepared.release()
-            return prepared.outcomes[0]
+
+            def audit(outcomes: list[Outcome]) -> None:
+                audit_outcomes(uow, outcomes, source="dimse", calling_ae=node.ae_title)
+
+            return (await store_batch(uow, [item], sender, audit=audit))[0]
         audit_outcomes(uow, [outcome], source="dimse", calling_ae=node.ae_title)
         await uow.commit()
         return outcome

@@ -9,7 +9,8 @@ The order of work is what makes ingest crash-safe (PS3.18 §10.5 and PS3.4 B.2.3
 3. move each new file into blob storage durably (fsync, rename, fsync of both directories; a copy where the
    spool and the blobs are on different volumes, an upload for S3) under a key of its own, so a 2 GB upload is
    written once, not twice;
-4. insert the index rows in one transaction, which commits before anything is acknowledged.
+4. insert the index rows in one transaction, which commits before anything is acknowledged (on SQLite the
+   database's writer thread commits the transactions of concurrent senders together: ``Database.submit_write``).
 
 A crash between 3 and 4 leaves a blob that no row names: harmless, and ``telemed imaging repair`` removes it. An
 index row without its blob cannot happen, because the row is only written once the blob is durable. Blob keys
@@ -27,9 +28,11 @@ import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+
+from sqlalchemy.orm import Session
 
 from imaging import repository
 from imaging.dicomfile import BULK_DATA_URI_PREFIX, DicomProblem, InstanceHeader, InvalidDicom, read_header
@@ -68,12 +71,17 @@ class Sender:
     scope_loader: Callable[[], Awaitable[frozenset[uuid.UUID]]] | None = None
     _scope: frozenset[uuid.UUID] | None = None
 
-    async def may_add_to(self, study_facility: uuid.UUID | None) -> bool:
+    def may_add_to(self, study_facility: uuid.UUID | None) -> bool:
+        """Raises :class:`ScopeNeeded` when the scope has to be read first (:meth:`load_scope`)."""
         if self.scope_loader is None or study_facility == self.facility_id:
             return True
         if self._scope is None:
-            self._scope = await self.scope_loader()
+            raise ScopeNeeded()
         return study_facility in self._scope
+
+    async def load_scope(self) -> None:
+        if self.scope_loader is not None and self._scope is None:
+            self._scope = await self.scope_loader()
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,57 +251,22 @@ def _int32(value: int | None) -> int | None:
     return value
 
 
-@dataclass(slots=True)
-class Prepared:
-    """A batch whose blobs are written and whose rows are staged in the unit of work, not yet committed."""
-
-    outcomes: list[Outcome] = field(default_factory=list)
-    #: Blobs the staged rows refer to: deleted again if the commit fails.
-    written: list[str] = field(default_factory=list)
-    #: Blobs written but not referenced (duplicates, refusals, a concurrent sender won): deleted once settled.
-    discard: list[str] = field(default_factory=list)
-    #: The process's ingest turn, held from staging to commit (SQLite only); see :func:`ingest_turn`.
-    turn: asyncio.Lock | None = None
-
-    def release(self) -> None:
-        """Give up the ingest turn (idempotent): :func:`finish_batch` does it, callers do it on their way out."""
-        turn, self.turn = self.turn, None
-        if turn is not None and turn.locked():
-            turn.release()
+class ScopeNeeded(Exception):
+    """Raised in the index transaction when the sender's facility scope must be read first (that read needs the
+    event loop): the transaction's savepoint is rolled back, the scope read, and the batch staged again."""
 
 
-_TURN_KEY: Final = "imaging.ingest_turn"
-
-
-def ingest_turn(uow: UnitOfWork) -> asyncio.Lock | None:
-    """The lock that lets one ingest transaction of this process at a time hold SQLite's write lock.
-
-    SQLite admits one writer; a second ``BEGIN IMMEDIATE`` waits in SQLite's busy handler, which sleeps 1, 2, 5,
-    10 ... ms between tries, so four concurrent senders spent more time asleep than storing. Queuing them on an
-    asyncio lock instead hands the write lock over the moment it is free. PostgreSQL needs no such turn.
-    """
-    ctx = uow.ctx
-    if not ctx.db.is_sqlite:
-        return None
-    lock: asyncio.Lock | None = ctx.extras.get(_TURN_KEY)
-    if lock is None:
-        lock = ctx.extras[_TURN_KEY] = asyncio.Lock()
-    return lock
-
-
-#: Batches up to this size write their blobs while the index statements run (the commit still waits for every
-#: blob to be durable); bigger ones are written first, so that a long copy never holds SQLite's write lock.
-OVERLAP_BYTES: Final = 8 * 1024 * 1024
-
-
-async def prepare_batch(uow: UnitOfWork, received: Sequence[Received], sender: Sender) -> Prepared:
-    """Write blobs and stage index rows for ``received``; the caller audits, then calls :func:`finish_batch`.
+async def store_batch(
+    uow: UnitOfWork, received: Sequence[Received], sender: Sender, *, audit: Callable[[list[Outcome]], None]
+) -> list[Outcome]:
+    """Store ``received``: the blobs first, durably; then their index rows and what ``audit(outcomes)`` records
+    on ``uow``, in one transaction (``UnitOfWork.commit_work``). Returns an outcome per item, in order.
 
     No look-up precedes the writes: the unique constraints decide (``ON CONFLICT``), and a blob written for an
     instance that turns out to be stored already is deleted again. The same bytes sent twice are rare enough
     that saving their write is not worth a round trip on every instance.
     """
-    prepared = Prepared()
+    outcomes: list[Outcome] = []
     primaries: dict[str, Received] = {}
     for item in received:
         header = item.header
@@ -301,65 +274,96 @@ async def prepare_batch(uow: UnitOfWork, received: Sequence[Received], sender: S
         if first is None:
             primaries[header.sop_instance_uid] = item
         elif first.sha256 == item.sha256:
-            prepared.outcomes.append(Outcome.of(item.index, header, already_stored=True))
+            outcomes.append(Outcome.of(item.index, header, already_stored=True))
         else:
-            prepared.outcomes.append(_duplicate(item))
+            outcomes.append(_duplicate(item))
     items = list(primaries.values())
     keys = {uid: new_blob_key(item.header) for uid, item in primaries.items()}
     storage = uow.ctx.storage
     writes = asyncio.ensure_future(_write_blobs(storage, [(item, keys[uid]) for uid, item in primaries.items()]))
-    turn = ingest_turn(uow)
     try:
-        if sum(item.size for item in items) > OVERLAP_BYTES:
-            await asyncio.shield(writes)
-        if turn is not None:
-            await turn.acquire()
-            prepared.turn = turn
-        staged = await _stage_rows(uow, items, keys, sender, prepared)
         written = await asyncio.shield(writes)
     except BaseException:
-        prepared.release()
         with contextlib.suppress(BaseException):
             await writes  # let the writes finish, or the deletes below could race them
         await delete_blobs(storage, keys.values())
         raise
     if not all(written):
         # A blob could not be written (disk full, storage down): nothing of the batch is indexed.
-        await uow.session.rollback()
-        prepared.release()
         await delete_blobs(storage, keys.values())
-        refusals = [
+        outcomes += [
             refused(item.index, FailureReason.out_of_resources, "imaging.storage_failed",
                     "The file could not be written to storage.", item.header)
             for item in items
         ]  # fmt: skip
-        prepared.outcomes = sorted([*prepared.outcomes[: len(received) - len(items)], *refusals], key=_index)
-        return prepared
-    prepared.written = [keys[uid] for uid in staged]
-    prepared.discard = [key for uid, key in keys.items() if uid not in staged]
-    prepared.outcomes.sort(key=_index)
-    return prepared
+        outcomes.sort(key=_index)
+        audit(outcomes)
+        await uow.commit()
+        return outcomes
+
+    def stage(session: Session) -> tuple[list[Outcome], set[str]]:
+        staged, inserted = _stage_rows(session, items, keys, sender)
+        everything = sorted([*outcomes, *staged], key=_index)
+        audit(everything)
+        return everything, inserted
+
+    while True:
+        commit = asyncio.ensure_future(uow.commit_work(stage))
+        try:
+            everything, inserted = await asyncio.shield(commit)
+        except ScopeNeeded:
+            await sender.load_scope()
+            continue
+        except asyncio.CancelledError:
+            _settle_blobs_later(commit, storage, keys)
+            raise
+        except BaseException:
+            await delete_blobs(storage, keys.values())
+            raise
+        break
+    await delete_blobs(storage, [key for uid, key in keys.items() if uid not in inserted])
+    return everything
+
+
+#: Clean-ups that outlive a cancelled request (referenced here so that they are not collected midway).
+_SETTLING: set[asyncio.Task[None]] = set()
+
+
+def _settle_blobs_later(commit: asyncio.Future[tuple[list[Outcome], set[str]]], storage: BlobStorage,
+                        keys: dict[str, str]) -> None:  # fmt: skip
+    """The request was cancelled while its transaction ran on: once it ends, keep the blobs its rows name."""
+
+    def done(future: asyncio.Future[tuple[list[Outcome], set[str]]]) -> None:
+        inserted: set[str] = set()
+        if not future.cancelled() and future.exception() is None:
+            inserted = future.result()[1]
+        task = asyncio.ensure_future(delete_blobs(storage, [key for uid, key in keys.items() if uid not in inserted]))
+        _SETTLING.add(task)
+        task.add_done_callback(_SETTLING.discard)
+
+    commit.add_done_callback(done)
 
 
 def _index(outcome: Outcome) -> int:
     return outcome.index
 
 
-async def _stage_rows(
-    uow: UnitOfWork, items: list[Received], keys: dict[str, str], sender: Sender, prepared: Prepared
-) -> set[str]:
-    """Upsert studies and series, insert instances; returns the SOP Instance UIDs whose rows were inserted."""
-    session = uow.session
-    studies = await repository.ensure_studies(
+def _stage_rows(
+    session: Session, items: list[Received], keys: dict[str, str], sender: Sender
+) -> tuple[list[Outcome], set[str]]:
+    """Upsert studies and series, insert instances: the outcomes, and the SOP Instance UIDs whose rows were
+    inserted. Raises :class:`ScopeNeeded` before writing anything when the sender's scope is needed."""
+    outcomes: list[Outcome] = []
+    studies = repository.ensure_studies(
         session, list({item.header.study_instance_uid: _study_row(item.header, sender) for item in items}.values())
     )
     allowed: list[Received] = []
     for item in items:
         study = studies[item.header.study_instance_uid]
-        if await sender.may_add_to(study.facility_id):
+        if sender.may_add_to(study.facility_id):
             allowed.append(item)
         else:
-            prepared.outcomes.append(
+            outcomes.append(
                 refused(
                     item.index,
                     FailureReason.not_authorized,
@@ -368,7 +372,7 @@ async def _stage_rows(
                     item.header,
                 )
             )
-    series = await repository.ensure_series(
+    series = repository.ensure_series(
         session,
         list(
             {
@@ -383,22 +387,22 @@ async def _stage_rows(
         header = item.header
         series_pk, study_pk = series[header.series_instance_uid]
         if study_pk != studies[header.study_instance_uid].pk:
-            prepared.outcomes.append(_series_elsewhere(item))
+            outcomes.append(_series_elsewhere(item))
             continue
         candidates[header.sop_instance_uid] = item
         rows.append(_instance_row(item, keys[header.sop_instance_uid], study_pk, series_pk, sender))
-    inserted = await repository.insert_instances(session, rows)
+    inserted = repository.insert_instances(session, rows)
     lost = [uid for uid in candidates if uid not in inserted]
-    stored_before = await repository.known_instances(session, lost) if lost else {}
+    stored_before = repository.known_instances(session, lost) if lost else {}
     for uid, item in candidates.items():
         if uid in inserted:
-            prepared.outcomes.append(Outcome.of(item.index, item.header))
+            outcomes.append(Outcome.of(item.index, item.header))
         elif (before := stored_before.get(uid)) is not None and before.sha256 == item.sha256:
-            prepared.outcomes.append(Outcome.of(item.index, item.header, already_stored=True))
+            outcomes.append(Outcome.of(item.index, item.header, already_stored=True))
         else:
-            prepared.outcomes.append(_duplicate(item))
-    await repository.touch_studies(session, {studies[candidates[uid].header.study_instance_uid].pk for uid in inserted})
-    return inserted
+            outcomes.append(_duplicate(item))
+    repository.touch_studies(session, {studies[candidates[uid].header.study_instance_uid].pk for uid in inserted})
+    return outcomes, inserted
 
 
 def _instance_row(item: Received, key: str, study_pk: int, series_pk: int, sender: Sender) -> dict[str, Any]:
@@ -421,19 +425,6 @@ def _instance_row(item: Received, key: str, study_pk: int, series_pk: int, sende
         "calling_ae": sender.calling_ae,
         "dataset_json": stored_document(header),
     }
-
-
-async def finish_batch(uow: UnitOfWork, prepared: Prepared) -> None:
-    """Commit the staged rows (with whatever events and audit entries the caller recorded), then tidy up."""
-    try:
-        await uow.commit()
-    except BaseException:
-        prepared.release()
-        await delete_blobs(uow.ctx.storage, prepared.written)
-        await delete_blobs(uow.ctx.storage, prepared.discard)
-        raise
-    prepared.release()
-    await delete_blobs(uow.ctx.storage, prepared.discard)
 
 
 def audit_outcomes(uow: UnitOfWork, outcomes: Iterable[Outcome], *, source: str, calling_ae: str | None = None) -> int:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 
-from sqlalchemy import ColumnElement, LargeBinary, Select, Table, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, LargeBinary, Select, Table, and_, bindparam, func, or_, select, update
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from imaging.models import DicomNode, ImagingInstance, ImagingSeries, ImagingStudy
 from telemed.core.db import utcnow
@@ -27,7 +28,7 @@ SelectT = TypeVar("SelectT", bound=AnySelect)
 _INSERT_CHUNK = 200
 
 
-def _insert(session: AsyncSession, model: Table) -> Any:
+def _insert(session: Session, model: Table) -> Any:
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         return postgresql.insert(model)
@@ -40,7 +41,7 @@ def _chunks(rows: Sequence[Mapping[str, Any]]) -> Iterable[Sequence[Mapping[str,
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Ingest
+# Ingest: functions of a synchronous session, run in the transaction of ``Database.submit_write``
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +58,11 @@ class KnownStudy:
     facility_id: uuid.UUID | None
 
 
-async def known_instances(session: AsyncSession, sop_uids: Iterable[str]) -> dict[str, KnownInstance]:
+def known_instances(session: Session, sop_uids: Iterable[str]) -> dict[str, KnownInstance]:
     uids = sorted(set(sop_uids))
     if not uids:
         return {}
-    rows = await session.execute(
+    rows = session.execute(
         select(ImagingInstance.sop_instance_uid, ImagingInstance.sha256, ImagingStudy.study_uid)
         .join(ImagingStudy, ImagingStudy.id == ImagingInstance.study_pk)
         .where(ImagingInstance.sop_instance_uid.in_(uids))
@@ -75,7 +76,7 @@ _INSTANCE = cast(Table, ImagingInstance.__table__)
 _STATEMENTS: dict[tuple[str, str], Any] = {}
 
 
-def _statement(session: AsyncSession, name: str) -> Any:
+def _statement(session: Session, name: str) -> Any:
     """The upsert statements, built once per dialect and executed with a list of parameter sets: constant
     statements stay in SQLAlchemy's compiled cache, and the rows go as one multi-row batch (insertmanyvalues)."""
     dialect = session.get_bind().dialect.name
@@ -98,7 +99,7 @@ def _statement(session: AsyncSession, name: str) -> Any:
     return built
 
 
-async def ensure_studies(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> dict[str, KnownStudy]:
+def ensure_studies(session: Session, rows: Sequence[Mapping[str, Any]]) -> dict[str, KnownStudy]:
     """Insert the studies that are new (first sender wins) and return every one by its UID, in one statement.
 
     ``ON CONFLICT DO UPDATE`` with an unchanged value, rather than ``DO NOTHING``, so that ``RETURNING`` also
@@ -106,43 +107,47 @@ async def ensure_studies(session: AsyncSession, rows: Sequence[Mapping[str, Any]
     """
     found: dict[str, KnownStudy] = {}
     ordered = sorted(rows, key=lambda row: str(row["study_uid"]))  # one lock order for concurrent writers
-    connection = await session.connection()  # Core statements: no ORM bookkeeping on the hot path
+    connection = session.connection()  # Core statements: no ORM bookkeeping on the hot path
     for chunk in _chunks(ordered):
-        for pk, study_uid, facility_id in await connection.execute(_statement(session, "study"), list(chunk)):
+        for pk, study_uid, facility_id in connection.execute(_statement(session, "study"), list(chunk)):
             found[study_uid] = KnownStudy(pk, study_uid, facility_id)
     return found
 
 
-async def ensure_series(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> dict[str, tuple[int, int]]:
+def ensure_series(session: Session, rows: Sequence[Mapping[str, Any]]) -> dict[str, tuple[int, int]]:
     """``series_uid -> (series pk, study pk)`` for every row, inserting the new ones; one statement."""
     found: dict[str, tuple[int, int]] = {}
     ordered = sorted(rows, key=lambda row: str(row["series_uid"]))
-    connection = await session.connection()
+    connection = session.connection()
     for chunk in _chunks(ordered):
-        for pk, series_uid, study_pk in await connection.execute(_statement(session, "series"), list(chunk)):
+        for pk, series_uid, study_pk in connection.execute(_statement(session, "series"), list(chunk)):
             found[series_uid] = (pk, study_pk)
     return found
 
 
-async def insert_instances(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> set[str]:
+def insert_instances(session: Session, rows: Sequence[Mapping[str, Any]]) -> set[str]:
     """Insert instance rows; the SOP Instance UIDs that were new (the others were stored by someone else)."""
     inserted: set[str] = set()
     ordered = sorted(rows, key=lambda row: str(row["sop_instance_uid"]))
-    connection = await session.connection()
+    connection = session.connection()
     for chunk in _chunks(ordered):
-        result = await connection.execute(_statement(session, "instance"), list(chunk))
+        result = connection.execute(_statement(session, "instance"), list(chunk))
         inserted.update(result.scalars().all())
     return inserted
 
 
-async def touch_studies(session: AsyncSession, study_pks: Iterable[int]) -> None:
+def touch_studies(session: Session, study_pks: Iterable[int]) -> None:
     """New instances arrived: the quiet period starts again (and a stable study is no longer stable)."""
     pks = sorted(set(study_pks))
     if pks:
-        table = _STUDY
-        await (await session.connection()).execute(
-            update(table).where(table.c.id.in_(pks)).values(last_received_at=utcnow(), stable_at=None)
-        )
+        session.connection().execute(_TOUCH, {"pks": pks, "now": utcnow()})
+
+
+_TOUCH: Final = (
+    update(_STUDY)
+    .where(_STUDY.c.id.in_(bindparam("pks", expanding=True)))
+    .values(last_received_at=bindparam("now"), stable_at=None)
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -42,11 +42,10 @@ from imaging.ingest import (
     Received,
     Sender,
     audit_outcomes,
-    finish_batch,
-    prepare_batch,
     read_received,
     refused,
     refused_file,
+    store_batch,
 )
 from imaging.models import DicomNode, ImagingStudy
 from imaging.multipart import MultipartError, MultipartProblem, Part, RejectedPart, iter_parts
@@ -169,16 +168,16 @@ async def store_instances(
         nonlocal pending_bytes, audited
         batch, pending[:] = list(pending), []
         pending_bytes = 0
+
+        def audit(outcomes: list[Outcome]) -> None:  # in the batch's transaction, with the parts refused before
+            nonlocal audited
+            audited = audit_outcomes(uow, [*unaudited, *outcomes], source="stow") > 0 or audited
+
         try:
-            prepared = await prepare_batch(uow, batch, sender)
-            try:
-                audited = audit_outcomes(uow, [*unaudited, *prepared.outcomes], source="stow") > 0 or audited
-                await finish_batch(uow, prepared)
-            finally:
-                prepared.release()
+            outcomes = await store_batch(uow, batch, sender, audit=audit)
         finally:
             await _remove_files(item.path for item in batch)
-        result.outcomes.extend(prepared.outcomes)
+        result.outcomes.extend(outcomes)
         unaudited.clear()
 
     try:

@@ -14,11 +14,12 @@ import hmac
 import json
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, cast
 
-from sqlalchemy import BigInteger, Integer, String, select
+from sqlalchemy import BigInteger, Integer, String, Table, bindparam, insert, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from telemed.core.db import Base, PortableJSON, UTCDateTime, utcnow
 from telemed.core.storage import BlobStorage
@@ -130,19 +131,32 @@ class AuditEntry:
 async def append_audit(
     session: AsyncSession, key: bytes, actor: AuditActor, entries: list[AuditEntry], *, lock: bool
 ) -> list[AuditRecord]:
-    """Chain ``entries`` onto the trail inside the caller's transaction; ``lock`` takes the head row lock."""
-    head_query = select(AuditHead).where(AuditHead.id == 1)
-    if lock:
-        head_query = head_query.with_for_update()
-    head = (await session.scalars(head_query)).one_or_none()
-    if head is None:
-        head = AuditHead(id=1, last_seq=0, last_hash=GENESIS)
-        session.add(head)
+    """Chain ``entries`` onto the trail inside the caller's transaction; ``lock`` (PostgreSQL, where writers run
+    side by side) takes the head row lock. SQLite has one writer at a time and needs none."""
+    return await session.run_sync(append_audit_sync, key, actor, entries, lock=lock)
+
+
+def append_audit_sync(
+    session: Session, key: bytes, actor: AuditActor, entries: list[AuditEntry], *, lock: bool
+) -> list[AuditRecord]:
+    """:func:`append_audit` for a synchronous session (the database's writer thread, see ``Database.write``).
+
+    Core statements, not the ORM's flush: the trail grows on every write of every request, so its three
+    statements (read the head, insert the records, move the head) are kept as cheap as they can be.
+    """
+    connection = session.connection()
+    head = connection.execute(_HEAD_FOR_UPDATE if lock else _HEAD).one_or_none()
+    if head is None and lock:
+        # The first records ever: concurrent writers would all find no head to lock and all write record 1.
+        # Make the head (the first one wins), then lock it like any other time.
+        connection.execute(_FIRST_HEAD)
+        head = connection.execute(_HEAD_FOR_UPDATE).one()
+    last_seq, last_hash = (head[0], head[1]) if head is not None else (0, GENESIS)
     records: list[AuditRecord] = []
     now = utcnow()
     for entry in entries:
         record = AuditRecord(
-            seq=head.last_seq + 1,
+            seq=last_seq + 1,
             ts=now,
             actor_user_id=actor.user_id,
             actor_role=actor.role,
@@ -156,15 +170,35 @@ async def append_audit(
             source_ip=actor.source_ip,
             request_id=actor.request_id,
             detail=entry.detail,
-            prev_hash=head.last_hash,
+            prev_hash=last_hash,
             hash="",
         )
         record.hash = chain_hash(key, record.prev_hash, record.canonical())
-        head.last_seq, head.last_hash = record.seq, record.hash
-        session.add(record)
+        last_seq, last_hash = record.seq, record.hash
         records.append(record)
-    await session.flush()
+    if not records:
+        return records
+    connection.execute(
+        _INSERT_RECORDS, [{name: getattr(record, name) for name in _RECORD_COLUMNS} for record in records]
+    )
+    moved = {"last_seq": last_seq, "last_hash": last_hash}
+    connection.execute(_MOVE_HEAD if head is not None else _NEW_HEAD, moved)
     return records
+
+
+_RECORD_TABLE: Final = cast(Table, AuditRecord.__table__)
+_HEAD_TABLE: Final = cast(Table, AuditHead.__table__)
+_RECORD_COLUMNS: Final = tuple(column.key for column in _RECORD_TABLE.columns)
+_HEAD: Final = select(_HEAD_TABLE.c.last_seq, _HEAD_TABLE.c.last_hash).where(_HEAD_TABLE.c.id == 1)
+_HEAD_FOR_UPDATE: Final = _HEAD.with_for_update()
+_INSERT_RECORDS: Final = insert(_RECORD_TABLE)
+_MOVE_HEAD: Final = (
+    update(_HEAD_TABLE)
+    .where(_HEAD_TABLE.c.id == 1)
+    .values(last_seq=bindparam("last_seq"), last_hash=bindparam("last_hash"))
+)
+_NEW_HEAD: Final = insert(_HEAD_TABLE).values(id=1)
+_FIRST_HEAD: Final = postgresql.insert(_HEAD_TABLE).values(id=1, last_seq=0, last_hash=GENESIS).on_conflict_do_nothing()
 
 
 @dataclass(slots=True)
