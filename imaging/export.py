@@ -56,6 +56,7 @@ from imaging.ingest import RESOURCE_TYPE
 from imaging.models import ImagingStudy
 from imaging.repository import StoredInstance
 from imaging.service import find_study, spool_dir
+from telemed.core.aio import wait_event
 from telemed.core.audit import SYSTEM_ACTOR, AuditAction, AuditEntry, AuditOutcome
 from telemed.core.auth import Principal, Role
 from telemed.core.context import AppContext
@@ -569,8 +570,7 @@ async def run_export_worker(ctx: AppContext) -> None:
             raise
         except Exception:
             log.exception("the export worker failed; retrying")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wakeup.wait(), timeout=imaging_settings(ctx).imaging_export_poll_seconds)
+        await wait_event(wakeup, imaging_settings(ctx).imaging_export_poll_seconds)
 
 
 @dataclass(frozen=True, slots=True)

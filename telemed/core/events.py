@@ -30,6 +30,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
+from telemed.core.aio import wait_event
 from telemed.core.db import Base, Database, PortableJSON, UTCDateTime, utcnow
 
 log = logging.getLogger(__name__)
@@ -328,6 +329,5 @@ class OutboxRelay:
                 raise
             except Exception:
                 log.exception("outbox relay failed; retrying")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=idle_poll_seconds)
+            await wait_event(self._wake, idle_poll_seconds)
             self._wake.clear()
