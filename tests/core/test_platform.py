@@ -11,8 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import select
 
 from telemed.app import create_app
+from telemed.core.audit import AuditRecord
 from telemed.core.config import DEFAULT_SECRET_KEY, InsecureSettings, Settings
 from telemed.core.plugins import discover_domains
 from telemed.core.schema import check
@@ -31,6 +33,27 @@ async def test_health_ready_and_metrics(client: httpx.AsyncClient, community: Co
     metrics = await client.get("/metrics")
     assert metrics.status_code == 200
     assert 'telemed_http_requests_total{method="GET",route="/api/v1/patients",status="401"}' in metrics.text
+
+
+async def test_every_response_carries_its_request_id_and_the_safety_headers(
+    app: FastAPI, client: httpx.AsyncClient, community: Community
+) -> None:
+    given = await client.get("/healthz", headers={"X-Request-ID": "trace-from-the-proxy"})
+    assert given.headers["X-Request-ID"] == "trace-from-the-proxy"
+    made = await client.get("/api/v1/patients")  # refused (401) responses too
+    assert made.status_code == 401
+    assert len(made.headers["X-Request-ID"]) == 32
+    for response in (given, made):
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+        assert response.headers["X-Frame-Options"] == "DENY"
+
+    # The id reaches the audit trail of what the request did.
+    headers = {**(await community.login(client, "vd_a1")), "X-Request-ID": "req-audited-1"}
+    assert (await client.get("/api/v1/patients", headers=headers)).status_code == 200
+    async with app.state.ctx.db.read_session() as session:
+        ids = (await session.scalars(select(AuditRecord.request_id))).all()
+    assert "req-audited-1" in ids
 
 
 async def test_readyz_reports_an_unreachable_database(tmp_path: Path) -> None:
