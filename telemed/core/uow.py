@@ -71,24 +71,27 @@ class UnitOfWork:
         self.events, self.audit_entries = [], []
         for event in events:
             self.session.add(to_outbox(event))
-        records: list[AuditRecord] = []
         try:
             # The domain's own changes go first, so that their errors (a lost uniqueness race, say) surface as
             # themselves and only a failure of the audit append itself is reported as the audit failing.
             await self.session.flush()
-            if entries:
-                try:
-                    records = await append_audit(
-                        self.session, self.ctx.audit_key, self.actor, entries, lock=not self.ctx.db.is_sqlite
-                    )
-                except Exception as exc:
-                    log.exception("audit write failed; the request is refused")
-                    raise AuditUnavailable() from exc
+            records = await self.session.run_sync(self._chain, entries)
             await self.session.commit()
         except Exception:
             await self.session.rollback()
             raise
         await self._committed_with(events, records)
+
+    def _chain(self, session: Session, entries: list[AuditEntry]) -> list[AuditRecord]:
+        """Chain ``entries`` onto the trail in ``session``'s transaction (after the domain's own changes, so that
+        their errors surface as themselves); a failure of the append itself refuses the request."""
+        if not entries:
+            return []
+        try:
+            return append_audit_sync(session, self.ctx.audit_key, self.actor, entries, lock=not self.ctx.db.is_sqlite)
+        except Exception as exc:
+            log.exception("audit write failed; the request is refused")
+            raise AuditUnavailable() from exc
 
     async def commit_work(self, work: Callable[[Session], T]) -> T:
         """Commit ``work`` (a function of a synchronous session) with this unit's events and audit entries, as
@@ -103,21 +106,13 @@ class UnitOfWork:
         if session.new or session.dirty or session.deleted:
             raise RuntimeError("commit_work: the unit's own session has changes; commit them with commit()")
         await session.rollback()
-        lock = not self.ctx.db.is_sqlite
 
         def run(sync: Session) -> tuple[T, list[DomainEvent], list[AuditRecord]]:
             result = work(sync)
-            events, entries = list(self.events), list(self.audit_entries)
+            events = list(self.events)
             sync.add_all([to_outbox(event) for event in events])
             sync.flush()
-            records: list[AuditRecord] = []
-            if entries:
-                try:
-                    records = append_audit_sync(sync, self.ctx.audit_key, self.actor, entries, lock=lock)
-                except Exception as exc:
-                    log.exception("audit write failed; the request is refused")
-                    raise AuditUnavailable() from exc
-            return result, events, records
+            return result, events, self._chain(sync, list(self.audit_entries))
 
         finishing = asyncio.ensure_future(self._finish_work(self.ctx.db.submit_write(run)))
         self._in_flight = finishing
