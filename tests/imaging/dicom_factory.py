@@ -206,6 +206,32 @@ def write(ds: Dataset, path: Path) -> Path:
     return path
 
 
+def varied_attributes() -> dict[str, Any]:
+    """``extra`` attributes that exercise a header reader: a sequence of 50 items, a nested icon image with its
+    own pixel data, multi-valued and empty strings, AT values, a date-time with fractions."""
+    references = []
+    for _ in range(50):
+        reference = Dataset()
+        reference.ReferencedSOPClassUID = CT_IMAGE_STORAGE
+        reference.ReferencedSOPInstanceUID = new_uid()
+        references.append(reference)
+    icon = Dataset()
+    icon.Rows = icon.Columns = 64
+    icon.BitsAllocated = 8
+    icon.PixelData = bytes(4096)
+    return {
+        "ReferencedImageSequence": references,
+        "IconImageSequence": [icon],
+        "WindowCenter": ["40", "300"],
+        "AcquisitionDateTime": "20240315093012.123456",
+        "DerivationDescription": "",
+        "PatientAge": "065Y",
+        "FrameIncrementPointer": 0x00181063,
+        "DimensionIndexPointer": [0x00209056, 0x00209128],
+        "SliceLocation": "-12.50",
+    }
+
+
 def make_ct_slice(
     path: Path,
     *,

@@ -11,7 +11,6 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -41,6 +40,7 @@ from .dicom_factory import (
     new_uid,
     set_element_length,
     strip_preamble,
+    varied_attributes,
     write,
 )
 
@@ -359,27 +359,7 @@ def _bulk_uris_replaced(model: dict[str, Any], text: str) -> dict[str, Any]:
 )
 def test_json_model_agrees_with_pydicom(tmp_path: Path, transfer_syntax: str) -> None:
     # For UTF-8, which pydicom decodes correctly, the two must agree on everything but Pixel Data (not read here).
-    references = []
-    for _ in range(50):
-        reference = Dataset()
-        reference.ReferencedSOPClassUID = CT_IMAGE_STORAGE
-        reference.ReferencedSOPInstanceUID = new_uid()
-        references.append(reference)
-    icon = Dataset()
-    icon.Rows = icon.Columns = 64
-    icon.BitsAllocated = 8
-    icon.PixelData = bytes(4096)
-    extra = {
-        "ReferencedImageSequence": references,
-        "IconImageSequence": [icon],
-        "WindowCenter": ["40", "300"],
-        "AcquisitionDateTime": "20240315093012.123456",
-        "DerivationDescription": "",
-        "PatientAge": "065Y",
-        "FrameIncrementPointer": 0x00181063,
-        "DimensionIndexPointer": [0x00209056, 0x00209128],
-        "SliceLocation": "-12.50",
-    }
+    extra = varied_attributes()
     path = ct(tmp_path / "ct.dcm", charset="ISO_IR 192", rows=8, cols=8, transfer_syntax=transfer_syntax, extra=extra)
 
     ours = read_header(path).dataset_json

@@ -25,7 +25,6 @@ import pydicom
 import pydicom.config
 import pytest
 from pydicom.data import get_testdata_files
-from pydicom.dataset import Dataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
@@ -49,6 +48,7 @@ from .dicom_factory import (
     new_uid,
     set_element_length,
     strip_preamble,
+    varied_attributes,
 )
 
 # Bad and odd files make pydicom warn about what it meets; the outcome is what is compared here.
@@ -312,26 +312,8 @@ def test_factory_slices_in_every_character_set(
 
 @pytest.mark.parametrize("bulk_data_threshold", [0, 16, 1024, 100_000])
 def test_factory_images_with_sequences_multiframe_and_extras(tmp_path: Path, bulk_data_threshold: int) -> None:
-    references = []
-    for _ in range(50):
-        reference = Dataset()
-        reference.ReferencedSOPClassUID = CT_IMAGE_STORAGE
-        reference.ReferencedSOPInstanceUID = new_uid()
-        references.append(reference)
-    icon = Dataset()
-    icon.Rows = icon.Columns = 64
-    icon.BitsAllocated = 8
-    icon.PixelData = bytes(4096)
     extra = {
-        "ReferencedImageSequence": references,
-        "IconImageSequence": [icon],
-        "WindowCenter": ["40", "300"],
-        "AcquisitionDateTime": "20240315093012.123456",
-        "DerivationDescription": "",
-        "PatientAge": "065Y",
-        "FrameIncrementPointer": 0x00181063,
-        "DimensionIndexPointer": [0x00209056, 0x00209128],
-        "SliceLocation": "-12.50",
+        **varied_attributes(),
         "RedPaletteColorLookupTableData": bytes(4096),
         "ImageComments": "",
         "ImageType": ["ORIGINAL", "", "AXIAL"],
