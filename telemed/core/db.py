@@ -131,7 +131,8 @@ class Database:
         The transaction goes on when the caller stops waiting (await it through :func:`asyncio.shield`), so a
         caller that is cancelled can still learn whether its rows were committed. ``work`` must not touch the
         event loop: on SQLite it runs on the writer thread. An exception from ``work`` rolls back its changes
-        only and is raised to its caller; a failed commit is raised to every transaction of the group.
+        only and is raised to its caller (as a ``RuntimeError`` when it is not an ``Exception``, such as
+        ``KeyboardInterrupt``); a failed commit is raised to every transaction of the group.
         """
         if self._writer is not None:
             return self._writer.submit(work)
@@ -145,8 +146,16 @@ class Database:
         return await asyncio.shield(self.submit_write(work))
 
     async def _write_async(self, work: Callable[[Session], T]) -> T:
+        def guarded(session: Session) -> T:
+            try:
+                return work(session)
+            except Exception:
+                raise
+            except BaseException as error:
+                raise _ordinary(error) from error
+
         async with self.sessions() as session, session.begin():
-            return await session.run_sync(work)
+            return await session.run_sync(guarded)
 
     def session(self) -> AsyncSession:
         return self.sessions()
@@ -169,11 +178,21 @@ class _Job(Generic[T]):
     future: asyncio.Future[T]
 
 
+def _ordinary(error: BaseException) -> Exception:
+    """SystemExit, KeyboardInterrupt and the like raised in a write transaction: on the event loop they would stop
+    the whole process, so its caller gets an ordinary error that names them instead."""
+    if isinstance(error, Exception):
+        return error
+    wrapped = RuntimeError(f"the write transaction was interrupted: {error!r}")
+    wrapped.__cause__ = error
+    return wrapped
+
+
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
     if future.done():
         return
     if error is not None:
-        future.set_exception(error)
+        future.set_exception(_ordinary(error))
     else:
         future.set_result(value)
 
@@ -239,17 +258,30 @@ class _SqliteWriter:
 
     def _commit(self, group: list[_Job[Any]]) -> None:
         results: list[tuple[Any, BaseException | None]] = []
+        if len(group) == 1:
+            # Alone in its transaction: no savepoint needed (two statements fewer on every quiet-time write).
+            try:
+                with self._sessions() as session, session.begin():
+                    results.append((group[0].work(session), None))
+            except BaseException as failure:  # raised to its caller; the thread carries on with the next
+                results = [(None, failure)]
+            self._settle_all(group, results)
+            return
         try:
             with self._sessions() as session, session.begin():
                 for job in group:
                     try:
                         with session.begin_nested():
                             results.append((job.work(session), None))
-                    except Exception as failure:  # this transaction only: its savepoint is rolled back
+                    except BaseException as failure:  # this transaction only: its savepoint is rolled back
                         results.append((None, failure))
-        except Exception as failure:  # BEGIN or COMMIT failed: nothing of the group was stored
+        except BaseException as failure:  # BEGIN or COMMIT failed: nothing of the group was stored
             log.exception("a group of write transactions could not be committed")
             results = [(None, failure)] * len(group)
+        self._settle_all(group, results)
+
+    @staticmethod
+    def _settle_all(group: list[_Job[Any]], results: list[tuple[Any, BaseException | None]]) -> None:
         for job, (value, error) in zip(group, results, strict=True):
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
                 job.loop.call_soon_threadsafe(_settle, job.future, value, error)

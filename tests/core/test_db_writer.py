@@ -169,3 +169,25 @@ async def test_a_unit_of_work_does_not_end_before_the_transaction_its_cancelled_
         resources = (await session.scalars(select(AuditRecord.resource_id))).all()
     assert report.ok, report.problems
     assert resources == ["seed", "left"]
+
+
+async def test_a_write_alone_that_fails_leaves_nothing_and_the_next_one_goes_on(db: Database) -> None:
+    with pytest.raises(ValueError, match="alone fails"):
+        await db.write(appending("alone", fail=True))
+    assert await db.write(appending("after")) == 1
+    assert await trail(db) == ["after"]
+
+
+async def test_work_that_raises_a_base_exception_fails_its_caller_only(db: Database) -> None:
+    """SystemExit or KeyboardInterrupt raised by a transaction's work must neither stop the writer (later writes
+    would wait forever) nor reach the event loop as itself (it would stop the server)."""
+
+    def interrupted(session: Session) -> int:
+        appending("interrupted")(session)
+        raise KeyboardInterrupt
+
+    with pytest.raises(RuntimeError, match="interrupted") as raised:
+        await db.write(interrupted)
+    assert isinstance(raised.value.__cause__, KeyboardInterrupt)
+    assert await db.write(appending("later")) == 1
+    assert await trail(db) == ["later"]
