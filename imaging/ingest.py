@@ -20,7 +20,6 @@ carry the time they were written, so that repair leaves alone the blobs of uploa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -262,6 +261,9 @@ async def store_batch(
     """Store ``received``: the blobs first, durably; then their index rows and what ``audit(outcomes)`` records
     on ``uow``, in one transaction (``UnitOfWork.commit_work``). Returns an outcome per item, in order.
 
+    (Staging the rows while the blobs are synced, committing once they are durable, gained nothing measurable:
+    the blob's fsyncs and the database's commit wait on the same file-system journal.)
+
     No look-up precedes the writes: the unique constraints decide (``ON CONFLICT``), and a blob written for an
     instance that turns out to be stored already is deleted again. The same bytes sent twice are rare enough
     that saving their write is not worth a round trip on every instance.
@@ -281,14 +283,27 @@ async def store_batch(
     keys = {uid: new_blob_key(item.header) for uid, item in primaries.items()}
     storage = uow.ctx.storage
     writes = asyncio.ensure_future(_write_blobs(storage, [(item, keys[uid]) for uid, item in primaries.items()]))
+    writes.add_done_callback(_failure_seen)  # a failed write is logged by _write_blobs and answered below
+
+    def stage(session: Session) -> tuple[list[Outcome], set[str]]:
+        staged, inserted = _stage_rows(session, items, keys, sender)
+        everything = sorted([*outcomes, *staged], key=_index)
+        audit(everything)
+        return everything, inserted
+
+    commit: asyncio.Future[tuple[list[Outcome], set[str]]] | None = None
     try:
-        written = await asyncio.shield(writes)
-    except BaseException:
-        with contextlib.suppress(BaseException):
-            await writes  # let the writes finish, or the deletes below could race them
-        await delete_blobs(storage, keys.values())
-        raise
-    if not all(written):
+        await asyncio.shield(writes)
+        while True:
+            commit = asyncio.ensure_future(uow.commit_work(stage))
+            try:
+                everything, inserted = await asyncio.shield(commit)
+            except ScopeNeeded:
+                commit = None
+                await sender.load_scope()
+                continue
+            break
+    except BlobsNotWritten:
         # A blob could not be written (disk full, storage down): nothing of the batch is indexed.
         await delete_blobs(storage, keys.values())
         outcomes += [
@@ -300,48 +315,51 @@ async def store_batch(
         audit(outcomes)
         await uow.commit()
         return outcomes
-
-    def stage(session: Session) -> tuple[list[Outcome], set[str]]:
-        staged, inserted = _stage_rows(session, items, keys, sender)
-        everything = sorted([*outcomes, *staged], key=_index)
-        audit(everything)
-        return everything, inserted
-
-    while True:
-        commit = asyncio.ensure_future(uow.commit_work(stage))
-        try:
-            everything, inserted = await asyncio.shield(commit)
-        except ScopeNeeded:
-            await sender.load_scope()
-            continue
-        except asyncio.CancelledError:
-            _settle_blobs_later(commit, storage, keys)
-            raise
-        except BaseException:
-            await delete_blobs(storage, keys.values())
-            raise
-        break
+    except asyncio.CancelledError:
+        _settle_blobs_later(commit, writes, storage, keys)
+        raise
+    except BaseException:
+        await asyncio.wait([writes])  # let the writes finish, or the deletes below could race them
+        await delete_blobs(storage, keys.values())
+        raise
     await delete_blobs(storage, [key for uid, key in keys.items() if uid not in inserted])
     return everything
+
+
+class BlobsNotWritten(Exception):
+    """A blob of the batch could not be written durably: nothing of the batch is indexed."""
 
 
 #: Clean-ups that outlive a cancelled request (referenced here so that they are not collected midway).
 _SETTLING: set[asyncio.Task[None]] = set()
 
 
-def _settle_blobs_later(commit: asyncio.Future[tuple[list[Outcome], set[str]]], storage: BlobStorage,
-                        keys: dict[str, str]) -> None:  # fmt: skip
-    """The request was cancelled while its transaction ran on: once it ends, keep the blobs its rows name."""
+def _settle_blobs_later(
+    commit: asyncio.Future[tuple[list[Outcome], set[str]]] | None,
+    writes: asyncio.Future[None],
+    storage: BlobStorage,
+    keys: dict[str, str],
+) -> None:
+    """The request was cancelled: once its blob writes and the transaction it started (if any) have ended, keep
+    the blobs that committed rows name and delete the others."""
 
-    def done(future: asyncio.Future[tuple[list[Outcome], set[str]]]) -> None:
+    async def settle() -> None:
         inserted: set[str] = set()
-        if not future.cancelled() and future.exception() is None:
-            inserted = future.result()[1]
-        task = asyncio.ensure_future(delete_blobs(storage, [key for uid, key in keys.items() if uid not in inserted]))
-        _SETTLING.add(task)
-        task.add_done_callback(_SETTLING.discard)
+        if commit is not None:
+            await asyncio.wait([commit])
+            if not commit.cancelled() and commit.exception() is None:
+                inserted = commit.result()[1]
+        await asyncio.wait([writes])
+        await delete_blobs(storage, [key for uid, key in keys.items() if uid not in inserted])
 
-    commit.add_done_callback(done)
+    task = asyncio.ensure_future(settle())
+    _SETTLING.add(task)
+    task.add_done_callback(_SETTLING.discard)
+
+
+def _failure_seen(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _index(outcome: Outcome) -> int:
@@ -460,8 +478,9 @@ async def delete_blobs(storage: BlobStorage, keys: Iterable[str]) -> None:
             log.exception("an unreferenced blob could not be deleted; `telemed imaging repair` will remove it")
 
 
-async def _write_blobs(storage: BlobStorage, items: Sequence[tuple[Received, str]]) -> list[bool]:
-    """Move the files into storage durably, several at a time (each put waits for its own fsyncs).
+async def _write_blobs(storage: BlobStorage, items: Sequence[tuple[Received, str]]) -> None:
+    """Move the files into storage durably, several at a time (each put waits for its own fsyncs); raises
+    :class:`BlobsNotWritten` when one could not be, after every other move has ended.
 
     The received files are the caller's spool or temporary files, read (header and hash) before this: nothing
     reads them afterwards, and a failed move leaves them where they were for the caller to remove.
@@ -477,7 +496,8 @@ async def _write_blobs(storage: BlobStorage, items: Sequence[tuple[Received, str
                 return False
         return True
 
-    return list(await asyncio.gather(*(write(item, key) for item, key in items)))
+    if not all(await asyncio.gather(*(write(item, key) for item, key in items))):
+        raise BlobsNotWritten()
 
 
 def _duplicate(item: Received) -> Outcome:

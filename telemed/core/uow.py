@@ -101,6 +101,9 @@ class UnitOfWork:
         unit's own session must hold no changes (they would not be part of the transaction); a read it began is
         ended first, so that it holds no lock the writer waits for. Like ``Database.write``, the transaction goes
         on when the caller is cancelled.
+
+        When the transaction fails, the events and audit entries ``work`` recorded are dropped with it, so that
+        the caller can try again, or record what happened instead.
         """
         session = self.session
         if session.new or session.dirty or session.deleted:
@@ -114,7 +117,8 @@ class UnitOfWork:
             sync.flush()
             return result, events, self._chain(sync, list(self.audit_entries))
 
-        finishing = asyncio.ensure_future(self._finish_work(self.ctx.db.submit_write(run)))
+        marks = (len(self.events), len(self.audit_entries))
+        finishing = asyncio.ensure_future(self._finish_work(self.ctx.db.submit_write(run), marks))
         self._in_flight = finishing
         try:
             return await asyncio.shield(finishing)
@@ -122,9 +126,15 @@ class UnitOfWork:
             if finishing.done():
                 self._in_flight = None  # when the caller was cancelled it stays, for __aexit__ to wait on
 
-    async def _finish_work(self, transaction: asyncio.Future[tuple[T, list[DomainEvent], list[AuditRecord]]]) -> T:
+    async def _finish_work(
+        self, transaction: asyncio.Future[tuple[T, list[DomainEvent], list[AuditRecord]]], marks: tuple[int, int]
+    ) -> T:
         """What follows a :meth:`commit_work` transaction, done once, whether or not its caller still waits."""
-        result, events, records = await transaction
+        try:
+            result, events, records = await transaction
+        except BaseException:
+            del self.events[marks[0] :], self.audit_entries[marks[1] :]
+            raise
         self.events, self.audit_entries = [], []
         await self._committed_with(events, records)
         return result

@@ -191,3 +191,23 @@ async def test_work_that_raises_a_base_exception_fails_its_caller_only(db: Datab
     assert isinstance(raised.value.__cause__, KeyboardInterrupt)
     assert await db.write(appending("later")) == 1
     assert await trail(db) == ["later"]
+
+
+async def test_a_unit_of_work_drops_what_a_failed_transaction_recorded(app: FastAPI) -> None:
+    """Events and audit entries recorded by the work of a transaction that failed are not committed later."""
+    ctx = app.state.ctx
+    async with UnitOfWork(ctx, ctx.db.session(), ACTOR) as uow:
+        uow.audit(AuditEntry(action=AuditAction.query, resource_type="test", resource_id="before"))
+
+        def work(session: Session) -> int:
+            uow.audit(AuditEntry(action=AuditAction.create, resource_type="test", resource_id="rolled back"))
+            raise ValueError("the transaction fails")
+
+        with pytest.raises(ValueError, match="fails"):
+            await uow.commit_work(work)
+        uow.audit(AuditEntry(action=AuditAction.create, resource_type="test", resource_id="instead"))
+        await uow.commit()
+
+    async with ctx.db.read_session() as session:
+        resources = (await session.scalars(select(AuditRecord.resource_id).order_by(AuditRecord.seq))).all()
+    assert [r for r in resources if r in ("before", "rolled back", "instead")] == ["before", "instead"]

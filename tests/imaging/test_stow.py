@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 
+from imaging import ingest
 from imaging.errors import FailureReason
 from imaging.models import ImagingInstance, ImagingStudy
 from imaging.multipart import PartSource
-from telemed.core.audit import AuditRecord
+from telemed.core.audit import AuditHead, AuditRecord
 from telemed.core.config import Settings
 from tests.conftest import Community, free_port
 from tests.imaging.dicom_factory import copy_truncated, set_element_length
@@ -362,3 +367,105 @@ async def test_concurrent_senders_are_committed_together_and_lose_nothing(
     assert statuses.count(409) == 1  # the later of the two bytes under one UID; the first is kept
     assert await count_rows(app.state.ctx) == 8
     assert await count_blobs(app.state.ctx) == 8
+
+
+async def test_a_blob_that_cannot_be_written_fails_its_batch_and_indexes_nothing(
+    app: FastAPI, client: httpx.AsyncClient, community: Community, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Disk full: nothing of the batch is indexed or kept, the sender is told 'out of resources', the audit trail
+    says so, and the same request succeeds once there is space again."""
+    headers = await community.login(client, "vd_a1")
+    paths = small_study(tmp_path / "study", 3)
+    ctx = app.state.ctx
+    storage_type = type(ctx.storage)
+    move = storage_type._move_durably
+    doomed = _sop_uid(paths[1])
+
+    def failing_move(self: object, key: str, source: Path) -> None:
+        if doomed in key:
+            raise OSError(28, "No space left on device")
+        move(self, key, source)
+
+    monkeypatch.setattr(storage_type, "_move_durably", failing_move)
+    response = await stow(client, headers, paths)
+
+    assert response.status_code == 409, response.text
+    assert set(failures(response.json()).values()) == {FailureReason.out_of_resources}
+    assert await count_rows(ctx) == 0
+    assert await count_blobs(ctx) == 0
+    async with ctx.db.read_session() as session:
+        records = (await session.scalars(select(AuditRecord).where(AuditRecord.resource_type == "imaging_study"))).all()
+    assert [(r.action, r.outcome, r.detail["stored"], r.detail["reasons"]) for r in records] == [
+        ("C", "failed", 0, ["imaging.storage_failed"])
+    ]
+
+    monkeypatch.setattr(storage_type, "_move_durably", move)
+    again = await stow(client, headers, paths)  # the space is back: the same request now succeeds
+    assert again.status_code == 200, again.text
+    assert await count_rows(ctx) == 3
+    assert await count_blobs(ctx) == 3
+
+
+@pytest.mark.parametrize("cancelled_while", ["writing blobs", "committing"])
+async def test_a_sender_that_goes_away_leaves_rows_and_blobs_that_agree(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    community: Community,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cancelled_while: str,
+) -> None:
+    """The client disconnects mid-request: while the blobs are being written (nothing is indexed, and the blobs
+    are removed once written), or while the transaction is held up (it commits, and keeps its blobs). Either way
+    no row lacks its blob and no blob is left without its row."""
+    headers = await community.login(client, "vd_a1")
+    assert (await stow(client, headers, small_study(tmp_path / "seed", 1))).status_code == 200
+    paths = small_study(tmp_path / "study", 2)
+    ctx = app.state.ctx
+    reached, release = threading.Event(), threading.Event()
+    moved: list[str] = []
+    if cancelled_while == "writing blobs":
+        storage_type = type(ctx.storage)
+        move = storage_type._move_durably
+
+        def slow_move(self: object, key: str, source: Path) -> None:
+            reached.set()
+            assert release.wait(timeout=30)
+            try:
+                move(self, key, source)
+            finally:
+                moved.append(key)  # moved, or failed: the request may have removed its spool file meanwhile
+
+        monkeypatch.setattr(storage_type, "_move_durably", slow_move)
+    elif ctx.db.is_sqlite:
+        stage_rows = ingest._stage_rows
+
+        def slow_stage(*args: Any) -> Any:  # on the writer thread
+            reached.set()
+            assert release.wait(timeout=30)
+            return stage_rows(*args)
+
+        monkeypatch.setattr(ingest, "_stage_rows", slow_stage)
+    async with contextlib.AsyncExitStack() as stack:
+        if cancelled_while == "committing" and not ctx.db.is_sqlite:
+            # The audit head row, which the transaction locks, is held by another one.
+            blocker = await stack.enter_async_context(ctx.db.session())
+            await blocker.execute(select(AuditHead.last_seq).where(AuditHead.id == 1).with_for_update())
+            reached.set()
+        request = asyncio.ensure_future(stow(client, headers, paths))
+        await asyncio.to_thread(reached.wait, 30)
+        await asyncio.sleep(0.2)
+        request.cancel()
+        release.set()
+        if cancelled_while == "committing" and not ctx.db.is_sqlite:
+            await blocker.commit()
+        with pytest.raises(asyncio.CancelledError):
+            await request  # a transaction under way is waited for: the unit of work ends after it
+    for _ in range(200):  # the writes and the clean-up run on after the request is gone
+        if not ingest._SETTLING and (cancelled_while == "committing" or len(moved) == 2):
+            break
+        await asyncio.sleep(0.05)
+
+    expected = 1 + (2 if cancelled_while == "committing" else 0)
+    assert await count_rows(ctx) == expected
+    assert await count_blobs(ctx) == expected
