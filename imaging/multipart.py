@@ -403,61 +403,91 @@ def _write_all(descriptor: int, data: bytes) -> None:
 
 
 class _Spool:
-    """One part's temp file; data is buffered up to SPOOL_WRITE_BYTES and written in a worker thread."""
+    """One part's temp file. Data is buffered up to SPOOL_WRITE_BYTES and written in a worker thread; the file is
+    made by the first write, so that a small part (most DICOM instances) costs one thread hop, not three."""
 
-    def __init__(self, descriptor: int, path: Path) -> None:
-        self.descriptor: int | None = descriptor
-        self.path = path
+    def __init__(self, spool_dir: Path) -> None:
+        self.spool_dir = spool_dir
+        self.descriptor: int | None = None
+        self.path: Path | None = None
         self.size = 0
         self._pending = bytearray()
-        self._in_flight: asyncio.Future[None] | None = None
-
-    @classmethod
-    async def create(cls, spool_dir: Path) -> _Spool:
-        descriptor, name = await asyncio.to_thread(tempfile.mkstemp, prefix="stow-", suffix=".part", dir=spool_dir)
-        return cls(descriptor, Path(name))
+        self._in_flight: asyncio.Future[tuple[int | None, Path]] | None = None
 
     async def write(self, data: bytes) -> None:
         self.size += len(data)
         self._pending += data
         if len(self._pending) >= SPOOL_WRITE_BYTES:
-            await self._flush()
+            await self._flush(close=False)
 
-    async def _flush(self) -> None:
-        if self._pending and self.descriptor is not None:
-            data = bytes(self._pending)
-            self._pending.clear()
-            loop = asyncio.get_running_loop()
-            self._in_flight = loop.run_in_executor(None, _write_all, self.descriptor, data)
-            # Shielded, so that cancelling the task leaves this future pending until the thread has returned.
-            await asyncio.shield(self._in_flight)
-            self._in_flight = None
+    async def close(self) -> Path:
+        """Write what is buffered and close the file; its path."""
+        await self._flush(close=True)
+        assert self.path is not None
+        return self.path
 
-    async def close(self) -> None:
-        await self._flush()
-        if self.descriptor is not None:
-            descriptor, self.descriptor = self.descriptor, None
-            await asyncio.to_thread(os.close, descriptor)
+    async def _flush(self, *, close: bool) -> None:
+        data = bytes(self._pending)
+        self._pending.clear()
+        # The file is the thread's while it writes: back here when the write returns, or with discard() after.
+        descriptor, path = self.descriptor, self.path
+        self.descriptor = self.path = None
+        loop = asyncio.get_running_loop()
+        self._in_flight = loop.run_in_executor(None, _spool_write, self.spool_dir, descriptor, path, data, close)
+        # Shielded, so that cancelling the task leaves this future pending until the thread has returned.
+        self.descriptor, self.path = await asyncio.shield(self._in_flight)
+        self._in_flight = None
 
     def discard(self) -> None:
         # Synchronous on purpose: it runs in ``finally`` of an async generator, which may be closed where
-        # awaiting is not possible. If the task was cancelled while a worker thread was writing, the descriptor
-        # is closed only when that write returns: closing it earlier could let the thread write into whatever
-        # file reuses the descriptor number.
+        # awaiting is not possible. If the task was cancelled while a worker thread was writing, the file is
+        # closed and removed only when that write returns: closing its descriptor earlier could let the thread
+        # write into whatever file reuses the descriptor number.
         self._pending.clear()
-        descriptor, self.descriptor = self.descriptor, None
         in_flight, self._in_flight = self._in_flight, None
-        if in_flight is not None and not in_flight.done():
-            in_flight.add_done_callback(lambda _: _close_and_unlink(descriptor, self.path))
-        else:
-            _close_and_unlink(descriptor, self.path)
+        descriptor, self.descriptor = self.descriptor, None
+        path, self.path = self.path, None
+        if in_flight is not None:
+            if in_flight.done():
+                _discard_written(in_flight)
+            else:
+                in_flight.add_done_callback(_discard_written)
+        _close_and_unlink(descriptor, path)
 
 
-def _close_and_unlink(descriptor: int | None, path: Path) -> None:
+def _spool_write(
+    spool_dir: Path, descriptor: int | None, path: Path | None, data: bytes, close: bool
+) -> tuple[int | None, Path]:
+    """Append ``data`` to the spool file (made first if there is none yet), and close it when asked: the file's
+    descriptor (None once closed) and path. On failure the file is closed and removed."""
+    if path is None:
+        descriptor, name = tempfile.mkstemp(prefix="stow-", suffix=".part", dir=spool_dir)
+        path = Path(name)
+    assert descriptor is not None
+    try:
+        _write_all(descriptor, data)
+    except BaseException:
+        _close_and_unlink(descriptor, path)
+        raise
+    if close:
+        os.close(descriptor)
+        return None, path
+    return descriptor, path
+
+
+def _discard_written(write: asyncio.Future[tuple[int | None, Path]]) -> None:
+    """What a spool write left behind, when nobody is left to use it."""
+    if write.cancelled() or write.exception() is not None:
+        return  # nothing: a failed write removes its file itself
+    _close_and_unlink(*write.result())
+
+
+def _close_and_unlink(descriptor: int | None, path: Path | None) -> None:
     if descriptor is not None:
         os.close(descriptor)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+    if path is not None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 @dataclass(slots=True)
@@ -547,7 +577,7 @@ async def _start_part(event: _PartStart, index: int, spool_dir: Path, max_part_b
     if declared is not None and declared > max_part_bytes:
         # Refuse before writing a byte when the sender tells us the size.
         return _CurrentPart(index, headers, None, rejection=_part_too_large(max_part_bytes))
-    return _CurrentPart(index, headers, await _Spool.create(spool_dir))
+    return _CurrentPart(index, headers, _Spool(spool_dir))
 
 
 async def _receive(part: _CurrentPart, data: bytes, max_part_bytes: int) -> None:
@@ -568,7 +598,7 @@ async def _finish_part(part: _CurrentPart, default_type: str) -> Part | Rejected
         return RejectedPart(part.index, part.headers, location, part.rejection)
     spool = part.spool
     assert spool is not None  # a part without a spool file has been rejected
-    await spool.close()
+    path = await spool.close()
     declared = _declared_length(part.headers)
     if declared is not None and declared != spool.size:
         spool.discard()
@@ -584,7 +614,7 @@ async def _finish_part(part: _CurrentPart, default_type: str) -> Part | Rejected
         content_type=part.headers.get("content-type", default_type),
         content_length=declared,
         content_location=location,
-        path=spool.path,
+        path=path,
         size=spool.size,
     )
 

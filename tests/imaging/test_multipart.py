@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import threading
 import tracemalloc
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 import pytest
 
+from imaging import multipart
 from imaging.dicomfile import read_header
 from imaging.multipart import (
     MultipartError,
@@ -413,6 +415,48 @@ async def test_cancelled_upload_leaves_no_partial_file(tmp_path: Path) -> None:
         await task
 
     assert stored(received) == [b"complete"]
+    assert spooled_files(tmp_path) == kept_paths(received)
+
+
+async def test_a_small_part_is_one_write_and_a_cancel_during_it_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part below the spool block is written (file made, data written, file closed) in one worker-thread call;
+    cancelled while that call runs, the file it made is removed when it returns."""
+    calls: list[int] = []
+    entered, release = threading.Event(), threading.Event()
+    write_all = multipart._write_all
+
+    def slow_write(descriptor: int, data: bytes) -> None:
+        calls.append(len(data))
+        if len(calls) == 2:
+            entered.set()
+            assert release.wait(timeout=30)
+        write_all(descriptor, data)
+
+    monkeypatch.setattr(multipart, "_write_all", slow_write)
+    received: list[Part | RejectedPart] = []
+
+    async def receive() -> None:
+        body = b"--b\r\n\r\nsmall one\r\n--b\r\n\r\nsmall two\r\n--b--\r\n"
+        async for part in iter_parts(
+            from_iterable([body]), "multipart/related; boundary=b", spool_dir=tmp_path, max_part_bytes=MiB
+        ):
+            received.append(part)
+
+    task = asyncio.create_task(receive())
+    await asyncio.to_thread(entered.wait, 30)
+    task.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(100):
+        if spooled_files(tmp_path) == kept_paths(received):
+            break
+        await asyncio.sleep(0.02)
+
+    assert calls == [len(b"small one"), len(b"small two")]  # one write per part
+    assert stored(received) == [b"small one"]
     assert spooled_files(tmp_path) == kept_paths(received)
 
 
