@@ -17,7 +17,9 @@ from telemed.core.uow import UnitOfWork
 bearer_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
 
 
-def get_ctx(request: Request) -> AppContext:
+async def get_ctx(request: Request) -> AppContext:
+    # async, though it awaits nothing: FastAPI runs a plain ``def`` dependency in a worker thread, and this one
+    # is on every request.
     ctx: AppContext = request.app.state.ctx
     return ctx
 
