@@ -20,6 +20,7 @@ carry the time they were written, so that repair leaves alone the blobs of uploa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -261,6 +262,9 @@ async def store_batch(
     """Store ``received``: the blobs first, durably; then their index rows and what ``audit(outcomes)`` records
     on ``uow``, in one transaction (``UnitOfWork.commit_work``). Returns an outcome per item, in order.
 
+    The received files are taken over: moved into storage, or removed (a second copy within the batch, a batch
+    whose blobs could not be written). When this raises, the ones not yet moved are the caller's to remove.
+
     (Staging the rows while the blobs are synced, committing once they are durable, gained nothing measurable:
     the blob's fsyncs and the database's commit wait on the same file-system journal.)
 
@@ -280,6 +284,7 @@ async def store_batch(
         else:
             outcomes.append(_duplicate(item))
     items = list(primaries.values())
+    copies = [item.path for item in received if primaries[item.header.sop_instance_uid] is not item]
     keys = {uid: new_blob_key(item.header) for uid, item in primaries.items()}
     storage = uow.ctx.storage
     writes = asyncio.ensure_future(_write_blobs(storage, [(item, keys[uid]) for uid, item in primaries.items()]))
@@ -306,6 +311,7 @@ async def store_batch(
     except BlobsNotWritten:
         # A blob could not be written (disk full, storage down): nothing of the batch is indexed.
         await delete_blobs(storage, keys.values())
+        await remove_files(item.path for item in received)
         outcomes += [
             refused(item.index, FailureReason.out_of_resources, "imaging.storage_failed",
                     "The file could not be written to storage.", item.header)
@@ -323,6 +329,8 @@ async def store_batch(
         await delete_blobs(storage, keys.values())
         raise
     await delete_blobs(storage, [key for uid, key in keys.items() if uid not in inserted])
+    if copies:
+        await remove_files(copies)
     return everything
 
 
@@ -468,6 +476,17 @@ def audit_outcomes(uow: UnitOfWork, outcomes: Iterable[Outcome], *, source: str,
             )
         )
     return len(per_study)
+
+
+async def remove_files(paths: Iterable[Path]) -> None:
+    """Remove received files (spool or temporary files) that were not moved into storage, in a worker thread."""
+
+    def remove(items: list[Path]) -> None:
+        for path in items:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    await asyncio.to_thread(remove, list(paths))
 
 
 async def delete_blobs(storage: BlobStorage, keys: Iterable[str]) -> None:

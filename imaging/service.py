@@ -12,7 +12,6 @@ never holds SQLite's write lock and image reads do not queue behind ingest.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from imaging.ingest import (
     read_received,
     refused,
     refused_file,
+    remove_files,
     store_batch,
 )
 from imaging.models import DicomNode, ImagingStudy
@@ -174,9 +174,10 @@ async def store_instances(
             audited = audit_outcomes(uow, [*unaudited, *outcomes], source="stow") > 0 or audited
 
         try:
-            outcomes = await store_batch(uow, batch, sender, audit=audit)
-        finally:
-            await _remove_files(item.path for item in batch)
+            outcomes = await store_batch(uow, batch, sender, audit=audit)  # moves or removes the batch's files
+        except BaseException:
+            await remove_files(item.path for item in batch)
+            raise
         result.outcomes.extend(outcomes)
         unaudited.clear()
 
@@ -196,7 +197,7 @@ async def store_instances(
                 await flush()
     except MultipartError as error:
         if error.http_status == 415 or seen_parts == 0:
-            await _remove_files(item.path for item in pending)
+            await remove_files(item.path for item in pending)
             _audit_refused_request(uow, resource, error.reason_code.value)
             await uow.commit()
             if error.http_status == 415:
@@ -207,7 +208,7 @@ async def store_instances(
         result.outcomes.append(body_failure)
         unaudited.append(body_failure)
     except BaseException:
-        await _remove_files(item.path for item in pending)
+        await remove_files(item.path for item in pending)
         raise
     if pending:
         await flush()
@@ -234,7 +235,7 @@ async def _receive_part(part: Part | RejectedPart, *, charset: str, study_uid: s
         return refused(part.index, reason, part.error.reason_code.value, part.error.message_en)
     media = part.content_type.split(";", 1)[0].strip().lower()
     if media != "application/dicom":
-        await _remove_files([part.path])
+        await remove_files([part.path])
         return refused(
             part.index,
             FailureReason.cannot_understand,
@@ -244,13 +245,13 @@ async def _receive_part(part: Part | RejectedPart, *, charset: str, study_uid: s
     try:
         item = await asyncio.to_thread(read_received, part.index, part.path, default_charset=charset)
     except InvalidDicom as error:
-        await _remove_files([part.path])
+        await remove_files([part.path])
         return refused_file(part.index, error)
     except OSError:
-        await _remove_files([part.path])
+        await remove_files([part.path])
         return refused(part.index, FailureReason.processing_failure, "imaging.read_failed", "The part was unreadable.")
     if study_uid is not None and item.header.study_instance_uid != study_uid:
-        await _remove_files([part.path])
+        await remove_files([part.path])
         return refused(
             part.index,
             FailureReason.study_mismatch,
@@ -283,15 +284,6 @@ def _audit_refused_request(uow: UnitOfWork, resource: str | None, reason: str) -
             detail={"source": "stow", "stored": 0, "reasons": [reason]},
         )
     )
-
-
-async def _remove_files(paths: Any) -> None:
-    def remove(items: list[Path]) -> None:
-        for path in items:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-
-    await asyncio.to_thread(remove, list(paths))
 
 
 # ---------------------------------------------------------------------------------------------------------------

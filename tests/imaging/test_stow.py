@@ -217,6 +217,8 @@ async def test_the_same_bytes_again_succeed_and_other_bytes_under_the_same_uid_c
     assert kept.content == original.read_bytes()
     assert await count_rows(app.state.ctx) == 2
     assert await count_blobs(app.state.ctx) == 2
+    # The copies that were not stored left no spool file behind.
+    assert not [p for p in (app.state.ctx.settings.data_dir / "spool").rglob("*") if p.is_file()]
 
 
 async def test_stow_into_a_study_refuses_instances_of_another_study(
@@ -393,6 +395,7 @@ async def test_a_blob_that_cannot_be_written_fails_its_batch_and_indexes_nothing
     assert set(failures(response.json()).values()) == {FailureReason.out_of_resources}
     assert await count_rows(ctx) == 0
     assert await count_blobs(ctx) == 0
+    assert not [p for p in (ctx.settings.data_dir / "spool").rglob("*") if p.is_file()]
     async with ctx.db.read_session() as session:
         records = (await session.scalars(select(AuditRecord).where(AuditRecord.resource_type == "imaging_study"))).all()
     assert [(r.action, r.outcome, r.detail["stored"], r.detail["reasons"]) for r in records] == [
