@@ -502,7 +502,7 @@ async def _write_blobs(storage: BlobStorage, items: Sequence[tuple[Received, str
     :class:`BlobsNotWritten` when one could not be, after every other move has ended.
 
     The received files are the caller's spool or temporary files, read (header and hash) before this: nothing
-    reads them afterwards, and a failed move leaves them where they were for the caller to remove.
+    reads them afterwards, and a failed move leaves them where they were, for store_batch to remove.
     """
     limit = asyncio.Semaphore(4)
 

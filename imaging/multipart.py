@@ -470,7 +470,11 @@ def _spool_write(
         _close_and_unlink(descriptor, path)
         raise
     if close:
-        os.close(descriptor)
+        try:
+            os.close(descriptor)  # the descriptor is released even when this raises (close(2) on Linux)
+        except BaseException:
+            _close_and_unlink(None, path)
+            raise
         return None, path
     return descriptor, path
 

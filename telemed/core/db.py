@@ -8,8 +8,9 @@ Hot write paths (image ingest) hand their transaction to :meth:`Database.submit_
 synchronous session. On SQLite it runs on one writer thread of the process, through the synchronous driver:
 each statement costs a few microseconds there instead of several thread hops through aiosqlite, and the
 transactions that arrive while one commits are committed together, each inside a savepoint of its own (group
-commit: one WAL sync for many senders). On PostgreSQL the same function runs in an ordinary asynchronous
-session (``run_sync``), one transaction each, since the server takes concurrent writers itself.
+commit: one WAL sync for many senders; a transaction alone needs no savepoint). On PostgreSQL the same function
+runs in an ordinary asynchronous session (``run_sync``), one transaction each, since the server takes concurrent
+writers itself.
 """
 
 from __future__ import annotations
