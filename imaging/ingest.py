@@ -253,7 +253,7 @@ def _int32(value: int | None) -> int | None:
 
 class ScopeNeeded(Exception):
     """Raised in the index transaction when the sender's facility scope must be read first (that read needs the
-    event loop): the transaction's savepoint is rolled back, the scope read, and the batch staged again."""
+    event loop): the transaction (or its savepoint) is rolled back, the scope read, and the batch staged again."""
 
 
 async def store_batch(
@@ -378,7 +378,8 @@ def _stage_rows(
     session: Session, items: list[Received], keys: dict[str, str], sender: Sender
 ) -> tuple[list[Outcome], set[str]]:
     """Upsert studies and series, insert instances: the outcomes, and the SOP Instance UIDs whose rows were
-    inserted. Raises :class:`ScopeNeeded` before writing anything when the sender's scope is needed."""
+    inserted. Raises :class:`ScopeNeeded` (after the study upsert, before any instance row) when the sender's
+    scope is needed; the transaction is rolled back then."""
     outcomes: list[Outcome] = []
     studies = repository.ensure_studies(
         session, list({item.header.study_instance_uid: _study_row(item.header, sender) for item in items}.values())
