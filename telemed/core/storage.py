@@ -3,8 +3,8 @@
 A blob is durable when ``put`` or ``put_file`` returns: the bytes are written to a temporary file, fsynced,
 renamed into place and the directory fsynced, so a crash leaves either the whole blob or nothing under its key.
 ``put_file(..., move=True)`` hands the source file over instead of copying it (a 2 GB STOW part is then written
-once, not twice): the file is fsynced, renamed under its key and both directories fsynced; across file systems it
-falls back to a durable copy, and the source is removed once the blob is safe.
+once, not twice): the file is fsynced, renamed under its key and the key's directory fsynced; across file systems
+it falls back to a durable copy, and the source is removed once the blob is safe.
 
 Reads come three ways: ``get`` (all the bytes, for small blobs), ``open_chunks`` (a stream of blocks, optionally
 a byte range, one block in memory at a time) and ``local_file`` (a file on disk for code that needs a path or
@@ -141,9 +141,11 @@ class FileStorage:
             self._write_durably(key, source)
             source.unlink(missing_ok=True)
             return
+        # The new name is made durable; the old one's removal is not waited for (one fsync fewer on every
+        # instance): a journalling file system commits both with this fsync anyway, and where the old name could
+        # come back after a crash, it is a spool file naming the same bytes, which ``telemed imaging repair``
+        # removes like any other a crash leaves (the blob keeps its own name).
         _fsync_path(target.parent)
-        if source.parent.resolve() != target.parent:
-            _fsync_path(source.parent)  # the old name is gone for good, so it cannot come back after a crash
 
     async def put(self, key: str, data: bytes) -> None:
         await asyncio.to_thread(self._write_durably, key, data)
