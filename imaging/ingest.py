@@ -2,17 +2,18 @@
 
 The order of work is what makes ingest crash-safe (PS3.18 §10.5 and PS3.4 B.2.3 leave durability to us):
 
-1. read the header (no pixel data) and hash the file: a bad file is refused before anything is written;
-2. look up which SOP Instance UIDs are already stored (a read transaction, so no write lock is held): the same
-   bytes again are a success without a second copy, other bytes under a stored UID are refused (the original is
-   kept), as the unique constraint on the UID will insist anyway;
-3. move each new file into blob storage durably (fsync, rename, fsync of both directories; a copy where the
-   spool and the blobs are on different volumes, an upload for S3) under a key of its own, so a 2 GB upload is
-   written once, not twice;
-4. insert the index rows in one transaction, which commits before anything is acknowledged (on SQLite the
+1. read the header (no pixel data) and hash the file: a bad file is refused before anything is stored (a small
+   STOW-RS part is read from memory and written to the spool only once it passed: :func:`receive_bytes`);
+2. move each file into blob storage durably (fsync, rename, fsync of the new directory; a copy where the spool
+   and the blobs are on different volumes, an upload for S3) under a key of its own, so a 2 GB upload is written
+   once, not twice;
+3. insert the index rows in one transaction, which commits before anything is acknowledged (on SQLite the
    database's writer thread commits the transactions of concurrent senders together: ``Database.submit_write``).
+   The unique constraint on the SOP Instance UID decides what was stored before (``ON CONFLICT``): the same
+   bytes again are a success and the second blob is deleted, other bytes under a stored UID are refused and the
+   original is kept.
 
-A crash between 3 and 4 leaves a blob that no row names: harmless, and ``telemed imaging repair`` removes it. An
+A crash between 2 and 3 leaves a blob that no row names: harmless, and ``telemed imaging repair`` removes it. An
 index row without its blob cannot happen, because the row is only written once the blob is durable. Blob keys
 carry the time they were written, so that repair leaves alone the blobs of uploads still in progress.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import secrets
@@ -37,6 +39,7 @@ from sqlalchemy.orm import Session
 from imaging import repository
 from imaging.dicomfile import BULK_DATA_URI_PREFIX, DicomProblem, InstanceHeader, InvalidDicom, read_header
 from imaging.errors import FailureReason
+from imaging.multipart import write_spool_file
 from telemed.core.audit import AuditAction, AuditEntry, AuditOutcome
 from telemed.core.storage import BlobStorage
 from telemed.core.uow import UnitOfWork
@@ -168,6 +171,15 @@ def read_received(index: int, path: Path, *, default_charset: str) -> Received:
             digest.update(block)
             size += len(block)
     return Received(index=index, path=path, header=header, sha256=digest.hexdigest(), size=size)
+
+
+def receive_bytes(index: int, data: bytes, spool_dir: Path, *, default_charset: str) -> Received:
+    """:func:`read_received` for a file held in memory (a small STOW-RS part): header and hash from the bytes,
+    then the bytes written to a new file in ``spool_dir`` (blocking: one worker-thread call for the three).
+    Raises :class:`InvalidDicom` before anything is written."""
+    header = read_header(io.BytesIO(data), default_charset=default_charset)
+    sha256 = hashlib.sha256(data).hexdigest()
+    return Received(index=index, path=write_spool_file(spool_dir, data), header=header, sha256=sha256, size=len(data))
 
 
 def new_blob_key(header: InstanceHeader) -> str:

@@ -1,7 +1,9 @@
 """Streaming ``multipart/related`` for STOW-RS request bodies (PS3.18 §10.5; RFC 2387; RFC 2046 §5.1).
 
-:func:`iter_parts` reads the body chunk by chunk and spools each part to its own file, so memory use depends on
-the chunk size, never on the size of a part or of the body. Problems are of two kinds:
+:func:`iter_parts` reads the body chunk by chunk. A part smaller than one spool block (``SPOOL_WRITE_BYTES``, most
+DICOM instances) is yielded with its bytes, for the caller to check and write in one go; a larger one is spooled
+to its own file block by block, so memory use depends on the block size, never on the size of a part or of the
+body. Problems are of two kinds:
 
 * the body as a whole is unusable (wrong media type, no boundary, cut short, a broken delimiter): a
   :class:`MultipartError` is raised, after every part that was complete before it has been yielded, so the caller
@@ -38,12 +40,13 @@ __all__ = [
     "new_boundary",
     "parse_media_type",
     "stow_content_type",
+    "write_spool_file",
 ]
 
 DICOM_MEDIA_TYPE: Final = "application/dicom"
 #: Headers longer than this (per part) are refused; STOW parts carry two or three short headers.
 DEFAULT_MAX_HEADER_BYTES: Final = 16 * 1024
-#: Part data is written to disk in blocks of this size, off the event loop.
+#: Part data is written to disk in blocks of this size, off the event loop; a smaller part is held in memory.
 SPOOL_WRITE_BYTES: Final = 1024 * 1024
 
 # RFC 2046 §5.1.1: bchars := bcharsnospace / " ", 1 to 70 of them, not ending with a space.
@@ -100,7 +103,10 @@ class MediaType:
 
 @dataclass(frozen=True, slots=True)
 class Part:
-    """One complete body part, spooled to ``path``. The caller owns the file (move it, or delete it)."""
+    """One complete body part: its bytes (``data``) when it is smaller than a spool block, otherwise spooled to
+    ``path``. The caller owns the file (move it, or delete it); it writes a part held in memory where it belongs
+    (:func:`write_spool_file`), so that a small part costs one worker-thread call from its last byte to its file.
+    """
 
     index: int
     #: All part headers, names in lower case (RFC 9110 §5.1: names are case-insensitive).
@@ -109,8 +115,11 @@ class Part:
     content_type: str
     content_length: int | None
     content_location: str | None
-    path: Path
+    #: The spool file of a large part; None for a part held in memory.
+    path: Path | None
     size: int
+    #: The bytes of a part smaller than a spool block; None for a spooled part.
+    data: bytes | None = None
 
     @property
     def transfer_syntax(self) -> str | None:
@@ -404,7 +413,8 @@ def _write_all(descriptor: int, data: bytes) -> None:
 
 class _Spool:
     """One part's temp file. Data is buffered up to SPOOL_WRITE_BYTES and written in a worker thread; the file is
-    made by the first write, so that a small part (most DICOM instances) costs one thread hop, not three."""
+    made by the first write, so that a part that never fills a block (most DICOM instances) is never spooled here
+    (:meth:`held`)."""
 
     def __init__(self, spool_dir: Path) -> None:
         self.spool_dir = spool_dir
@@ -419,6 +429,14 @@ class _Spool:
         self._pending += data
         if len(self._pending) >= SPOOL_WRITE_BYTES:
             await self._flush(close=False)
+
+    def held(self) -> bytes | None:
+        """The whole part, when none of it has been written (it is smaller than a block); the spool is empty then."""
+        if self.path is not None or self._in_flight is not None:
+            return None
+        data = bytes(self._pending)
+        self._pending.clear()
+        return data
 
     async def close(self) -> Path:
         """Write what is buffered and close the file; its path."""
@@ -479,6 +497,12 @@ def _spool_write(
     return descriptor, path
 
 
+def write_spool_file(spool_dir: Path, data: bytes) -> Path:
+    """Write ``data`` (a part held in memory) to a new spool file and close it (blocking: call it in a worker
+    thread); the file's path. On failure nothing is left."""
+    return _spool_write(spool_dir, None, None, data, True)[1]
+
+
 def _discard_written(write: asyncio.Future[tuple[int | None, Path]]) -> None:
     """What a spool write left behind, when nobody is left to use it."""
     if write.cancelled() or write.exception() is not None:
@@ -532,7 +556,8 @@ async def iter_parts(
     max_part_bytes: int,
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
 ) -> AsyncIterator[Part | RejectedPart]:
-    """The parts of a STOW-RS request body (PS3.18 §10.5.1), each spooled to a file in ``spool_dir``.
+    """The parts of a STOW-RS request body (PS3.18 §10.5.1): held in memory when smaller than a spool block,
+    otherwise spooled to a file in ``spool_dir`` (:class:`Part`).
 
     Raises :class:`MultipartError` for a Content-Type that is not ``multipart/related; type="application/dicom"``
     with a boundary (before reading anything), and for a body that is malformed or cut short (after yielding
@@ -602,7 +627,8 @@ async def _finish_part(part: _CurrentPart, default_type: str) -> Part | Rejected
         return RejectedPart(part.index, part.headers, location, part.rejection)
     spool = part.spool
     assert spool is not None  # a part without a spool file has been rejected
-    path = await spool.close()
+    data = spool.held()
+    path = await spool.close() if data is None else None
     declared = _declared_length(part.headers)
     if declared is not None and declared != spool.size:
         spool.discard()
@@ -620,6 +646,7 @@ async def _finish_part(part: _CurrentPart, default_type: str) -> Part | Rejected
         content_location=location,
         path=path,
         size=spool.size,
+        data=data,
     )
 
 

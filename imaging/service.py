@@ -12,6 +12,8 @@ never holds SQLite's write lock and image reads do not queue behind ingest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +44,7 @@ from imaging.ingest import (
     Sender,
     audit_outcomes,
     read_received,
+    receive_bytes,
     refused,
     refused_file,
     remove_files,
@@ -186,7 +189,7 @@ async def store_instances(
             body, content_type, spool_dir=spool, max_part_bytes=settings.imaging_max_part_bytes
         ):
             seen_parts += 1
-            outcome_or_item = await _receive_part(part, charset=charset, study_uid=study_uid)
+            outcome_or_item = await _receive_part(part, charset=charset, study_uid=study_uid, spool=spool)
             if isinstance(outcome_or_item, Outcome):
                 result.outcomes.append(outcome_or_item)
                 unaudited.append(outcome_or_item)
@@ -225,7 +228,9 @@ async def store_instances(
     return result
 
 
-async def _receive_part(part: Part | RejectedPart, *, charset: str, study_uid: str | None) -> Outcome | Received:
+async def _receive_part(
+    part: Part | RejectedPart, *, charset: str, study_uid: str | None, spool: Path
+) -> Outcome | Received:
     if isinstance(part, RejectedPart):
         reason = (
             FailureReason.out_of_resources
@@ -235,7 +240,7 @@ async def _receive_part(part: Part | RejectedPart, *, charset: str, study_uid: s
         return refused(part.index, reason, part.error.reason_code.value, part.error.message_en)
     media = part.content_type.split(";", 1)[0].strip().lower()
     if media != "application/dicom":
-        await remove_files([part.path])
+        await _remove_part_file(part)
         return refused(
             part.index,
             FailureReason.cannot_understand,
@@ -243,15 +248,15 @@ async def _receive_part(part: Part | RejectedPart, *, charset: str, study_uid: s
             "Only application/dicom parts are accepted (PS3.18 §10.5.1.1).",
         )
     try:
-        item = await asyncio.to_thread(read_received, part.index, part.path, default_charset=charset)
+        item = await _read_part(part, charset, spool)
     except InvalidDicom as error:
-        await remove_files([part.path])
+        await _remove_part_file(part)
         return refused_file(part.index, error)
     except OSError:
-        await remove_files([part.path])
+        await _remove_part_file(part)
         return refused(part.index, FailureReason.processing_failure, "imaging.read_failed", "The part was unreadable.")
     if study_uid is not None and item.header.study_instance_uid != study_uid:
-        await remove_files([part.path])
+        await remove_files([item.path])
         return refused(
             part.index,
             FailureReason.study_mismatch,
@@ -260,6 +265,36 @@ async def _receive_part(part: Part | RejectedPart, *, charset: str, study_uid: s
             item.header,
         )
     return item
+
+
+async def _read_part(part: Part, charset: str, spool: Path) -> Received:
+    """The part's header and hash, read in a worker thread: from its bytes, which are then written to a spool
+    file in the same call, or from its spool file. When the request is cancelled meanwhile, the file is removed
+    once the thread is done with it."""
+    if part.data is not None:
+        read = functools.partial(receive_bytes, part.index, part.data, spool, default_charset=charset)
+    else:
+        assert part.path is not None
+        read = functools.partial(read_received, part.index, part.path, default_charset=charset)
+    reading = asyncio.ensure_future(asyncio.to_thread(read))
+    try:
+        return await asyncio.shield(reading)
+    except asyncio.CancelledError:
+        reading.add_done_callback(functools.partial(_remove_read_file, part.path))
+        raise
+
+
+def _remove_read_file(path: Path | None, reading: asyncio.Future[Received]) -> None:
+    if path is None and not reading.cancelled() and reading.exception() is None:
+        path = reading.result().path
+    if path is not None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+async def _remove_part_file(part: Part) -> None:
+    if part.path is not None:
+        await remove_files([part.path])
 
 
 async def spool_dir(ctx: AppContext, name: str) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import random
 import threading
 import tracemalloc
@@ -68,8 +69,17 @@ async def parse(
     return parts, None
 
 
+def content(part: Part) -> bytes:
+    """A part's bytes: held in memory (smaller than a spool block) or in its spool file."""
+    if part.data is not None:
+        assert part.path is None
+        return part.data
+    assert part.path is not None
+    return part.path.read_bytes()
+
+
 def stored(parts: list[Part | RejectedPart]) -> list[bytes]:
-    return [part.path.read_bytes() for part in parts if isinstance(part, Part)]
+    return [content(part) for part in parts if isinstance(part, Part)]
 
 
 def spooled_files(directory: Path) -> list[Path]:
@@ -77,7 +87,7 @@ def spooled_files(directory: Path) -> list[Path]:
 
 
 def kept_paths(parts: list[Part | RejectedPart]) -> list[Path]:
-    return sorted(part.path for part in parts if isinstance(part, Part))
+    return sorted(part.path for part in parts if isinstance(part, Part) and part.path is not None)
 
 
 def remove_all(parts: list[Part | RejectedPart]) -> None:
@@ -134,7 +144,7 @@ async def test_many_dicom_instances(tmp_path: Path) -> None:
 
     assert error is None
     assert stored(parts) == [path.read_bytes() for path in files]
-    headers = [read_header(part.path) for part in parts if isinstance(part, Part)]
+    headers = [read_header(io.BytesIO(content(part))) for part in parts if isinstance(part, Part)]
     assert [header.instance_number for header in headers] == list(range(1, 31))
     assert {header.patient_name for header in headers} == {"张三"}
 
@@ -418,29 +428,30 @@ async def test_cancelled_upload_leaves_no_partial_file(tmp_path: Path) -> None:
     assert spooled_files(tmp_path) == kept_paths(received)
 
 
-async def test_a_small_part_is_one_write_and_a_cancel_during_it_leaves_no_file(
+async def test_a_small_part_is_held_in_memory_and_a_cancel_during_a_block_write_leaves_no_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A part below the spool block is written (file made, data written, file closed) in one worker-thread call;
-    cancelled while that call runs, the file it made is removed when it returns."""
+    """A part smaller than a spool block comes with its bytes and no file (the caller writes it where it
+    belongs); a larger one is written in a worker thread, and cancelled while that write runs, the file it made is
+    removed when the write returns."""
     calls: list[int] = []
     entered, release = threading.Event(), threading.Event()
     write_all = multipart._write_all
 
     def slow_write(descriptor: int, data: bytes) -> None:
         calls.append(len(data))
-        if len(calls) == 2:
-            entered.set()
-            assert release.wait(timeout=30)
+        entered.set()
+        assert release.wait(timeout=30)
         write_all(descriptor, data)
 
     monkeypatch.setattr(multipart, "_write_all", slow_write)
     received: list[Part | RejectedPart] = []
+    large = noise(multipart.SPOOL_WRITE_BYTES + 9)
 
     async def receive() -> None:
-        body = b"--b\r\n\r\nsmall one\r\n--b\r\n\r\nsmall two\r\n--b--\r\n"
+        body = b"--b\r\n\r\nsmall one\r\n--b\r\n\r\n" + large + b"\r\n--b--\r\n"
         async for part in iter_parts(
-            from_iterable([body]), "multipart/related; boundary=b", spool_dir=tmp_path, max_part_bytes=MiB
+            from_iterable([body]), "multipart/related; boundary=b", spool_dir=tmp_path, max_part_bytes=10 * MiB
         ):
             received.append(part)
 
@@ -451,13 +462,25 @@ async def test_a_small_part_is_one_write_and_a_cancel_during_it_leaves_no_file(
     with pytest.raises(asyncio.CancelledError):
         await task
     for _ in range(100):
-        if spooled_files(tmp_path) == kept_paths(received):
+        if not spooled_files(tmp_path):
             break
         await asyncio.sleep(0.02)
 
-    assert calls == [len(b"small one"), len(b"small two")]  # one write per part
-    assert stored(received) == [b"small one"]
-    assert spooled_files(tmp_path) == kept_paths(received)
+    assert calls == [len(large)]  # the small part was never written here
+    assert len(received) == 1
+    held = received[0]
+    assert isinstance(held, Part)
+    assert held.data == b"small one"
+    assert held.path is None
+    assert held.size == 9
+    assert spooled_files(tmp_path) == []
+
+
+def test_write_spool_file(tmp_path: Path) -> None:
+    path = multipart.write_spool_file(tmp_path, b"held part")
+
+    assert path.parent == tmp_path
+    assert path.read_bytes() == b"held part"
 
 
 # ----------------------------------------------------------------------------------------------------------------

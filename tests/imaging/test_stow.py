@@ -14,7 +14,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from imaging import ingest
+from imaging import ingest, service
 from imaging.errors import FailureReason
 from imaging.models import ImagingInstance, ImagingStudy
 from imaging.multipart import PartSource
@@ -407,6 +407,43 @@ async def test_a_blob_that_cannot_be_written_fails_its_batch_and_indexes_nothing
     assert again.status_code == 200, again.text
     assert await count_rows(ctx) == 3
     assert await count_blobs(ctx) == 3
+
+
+async def test_a_sender_that_goes_away_while_a_part_is_read_leaves_no_spool_file(
+    app: FastAPI, client: httpx.AsyncClient, community: Community, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small part is checked, hashed and written to the spool in one worker-thread call; when the client
+    disconnects during that call, the file it writes is removed once it returns, and nothing is stored."""
+    headers = await community.login(client, "vd_a1")
+    ctx = app.state.ctx
+    reached, release = threading.Event(), threading.Event()
+    written: list[Path] = []
+    receive = service.receive_bytes
+
+    def slow_receive(*args: Any, **kwargs: Any) -> Any:
+        reached.set()
+        assert release.wait(timeout=30)
+        item = receive(*args, **kwargs)
+        written.append(item.path)
+        return item
+
+    monkeypatch.setattr(service, "receive_bytes", slow_receive)
+    request = asyncio.ensure_future(stow(client, headers, small_study(tmp_path / "study", 2)))
+    await asyncio.to_thread(reached.wait, 30)
+    request.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    spool = ctx.settings.data_dir / "spool"
+    for _ in range(200):
+        if written and not [p for p in spool.rglob("*") if p.is_file()]:
+            break
+        await asyncio.sleep(0.05)
+
+    assert len(written) == 1
+    assert not [p for p in spool.rglob("*") if p.is_file()]
+    assert await count_rows(ctx) == 0
+    assert await count_blobs(ctx) == 0
 
 
 @pytest.mark.parametrize("cancelled_while", ["writing blobs", "committing"])
