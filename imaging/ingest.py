@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import orjson
 from sqlalchemy.orm import Session
 
 from imaging import repository
@@ -96,6 +97,8 @@ class Received:
     header: InstanceHeader
     sha256: str
     size: int
+    #: The DICOM JSON the index keeps (:func:`stored_document`), made with the header, outside the transaction.
+    document: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +173,7 @@ def read_received(index: int, path: Path, *, default_charset: str) -> Received:
         while block := file.read(1024 * 1024):
             digest.update(block)
             size += len(block)
-    return Received(index=index, path=path, header=header, sha256=digest.hexdigest(), size=size)
+    return Received(index, path, header, digest.hexdigest(), size, stored_document(header))
 
 
 def receive_bytes(index: int, data: bytes, spool_dir: Path, *, default_charset: str) -> Received:
@@ -179,7 +182,8 @@ def receive_bytes(index: int, data: bytes, spool_dir: Path, *, default_charset: 
     Raises :class:`InvalidDicom` before anything is written."""
     header = read_header(io.BytesIO(data), default_charset=default_charset)
     sha256 = hashlib.sha256(data).hexdigest()
-    return Received(index=index, path=write_spool_file(spool_dir, data), header=header, sha256=sha256, size=len(data))
+    document = stored_document(header)
+    return Received(index, write_spool_file(spool_dir, data), header, sha256, len(data), document)
 
 
 def new_blob_key(header: InstanceHeader) -> str:
@@ -205,7 +209,11 @@ def stored_document(header: InstanceHeader) -> str:
     document: dict[str, Any] = dict(header.dataset_json)
     # Available Transfer Syntax UID (0008,3002) tells a viewer how the frames will come (PS3.18 §10.4.1.1.3).
     document["00083002"] = {"vr": "UI", "Value": [header.transfer_syntax_uid]}
-    text = json.dumps(dict(sorted(document.items())), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    ordered = dict(sorted(document.items()))
+    try:
+        text = orjson.dumps(ordered).decode()  # the same text as the json module's below, in a tenth of the time
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits (a malformed IS value): json takes any size
+        text = json.dumps(ordered, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     instance_path = (
         f"studies/{header.study_instance_uid}/series/{header.series_instance_uid}/instances/{header.sop_instance_uid}/"
     )
@@ -462,7 +470,7 @@ def _instance_row(item: Received, key: str, study_pk: int, series_pk: int, sende
         "facility_id": sender.facility_id,
         "source": sender.source,
         "calling_ae": sender.calling_ae,
-        "dataset_json": stored_document(header),
+        "dataset_json": item.document,
     }
 
 
