@@ -5,11 +5,12 @@ Run: ``python loadtests/bench_imaging.py [--quick] [--only stow1,stow4,stowbatch
 
 Starts Orthanc from Debian's packages (with its DICOMweb plugin) and ``telemed serve`` as subprocesses, each with
 its data in a temp folder, sends both the same generated CT instances and prints instances per second, latency,
-our ratio and the goal beside each figure (dicom-notes §0): ingest at least 2x Orthanc on every path, study
-metadata at least 10x faster, and at most 300 MB resident while one 2 GB STOW-RS request streams in. A trivial
-endpoint of ours (``/healthz``) is timed in the same run as an anchor for the machine's speed, and each ingest
-path is also run against a server that stores nothing (``ceilings.py``: uvicorn reading the body, a pynetdicom
-SCP answering Success), printed as the "no-op ceiling" column: what any ingest on these parts could reach here.
+each server's CPU time per instance, our ratio and the goal beside each figure (dicom-notes §0): ingest at least
+2x Orthanc on every path, study metadata at least 10x faster, and at most 300 MB resident while one 2 GB STOW-RS
+request streams in. A trivial endpoint of ours (``/healthz``) is timed in the same run as an anchor for the
+machine's speed, and each ingest path is also run against a server that stores nothing (``ceilings.py``: uvicorn
+reading the body, a pynetdicom SCP answering Success), printed as the "no-op ceiling" column: what any ingest on
+these parts could reach here.
 
 Every loop has a count and a wall-clock cap; both servers are stopped and the temp folder removed at the end.
 Needs: ``apt-get install -y orthanc orthanc-dicomweb dcmtk`` (the script installs nothing; it says what is
@@ -69,6 +70,8 @@ from imaging_support import (
 INGEST_RATIO_TARGET: Final = 2.0
 METADATA_RATIO_TARGET: Final = 10.0
 MEMORY_TARGET_MB: Final = 300
+#: The unit of the rows that give the server's CPU time per stored instance (user + system, all its threads).
+CPU_UNIT: Final = "ms CPU"
 KB: Final = 1024 / 1e6  # /proc reports kB (KiB); figures are printed in decimal MB like the request sizes
 SCENARIOS: Final = ("stow1", "stow4", "stowbatch", "cstore", "metadata", "memory")
 SELFCHECKS: Final = ("orthanc-selfcheck", "telemed-selfcheck")
@@ -463,6 +466,7 @@ class Bench:
         row = self.report.add(
             Row(title, "inst/s", True, target=f"≥{INGEST_RATIO_TARGET:g}× Orthanc", target_ratio=INGEST_RATIO_TARGET)
         )
+        cpu = self.report.add(Row("  … server CPU per instance", CPU_UNIT, False))
         skip = dict(self.unavailable)
         for round_number in range(rounds):
             for target in self.ordered_targets(round_number):
@@ -488,12 +492,14 @@ class Bench:
                 if result.failed:
                     self.report.problems.append(f"{scenario} on {target.name}: {result.failed} failed")
                 row.record(target.name, result.rate)
+                cpu.record(target.name, result.cpu_seconds * 1000 / result.stored)
             if (ceiling := self.ceiling("stow")) is not None:
                 study = self.study_for(ceiling, f"{scenario}-{round_number}", count)
                 result = stow(ceiling, study, per_request=per_request, clients=clients, cap=self.sizes.ingest_cap)
                 shutil.rmtree(study.files[0].parent, ignore_errors=True)
                 say(f"  ceiling : {result.describe()} (uvicorn app that only reads the body)")
                 row.record(ceiling.name, result.rate)
+                cpu.record(ceiling.name, result.cpu_seconds * 1000 / max(result.stored, 1))
 
     # ---- scenarios
 
@@ -533,6 +539,7 @@ class Bench:
                 target_ratio=INGEST_RATIO_TARGET,
             )
         )
+        cpu_row = self.report.add(Row("  … server CPU per instance", CPU_UNIT, False))
         storescu = self.prerequisites.storescu
         if storescu is None:
             say("  n/a: DCMTK storescu is missing (apt-get install -y dcmtk)")
@@ -577,6 +584,7 @@ class Bench:
                 acknowledged = count if run.returncode == 0 and not run.failures else stored
                 ack.record(target.name, acknowledged / run.seconds)
                 indexed.record(target.name, stored / total)
+                cpu_row.record(target.name, cpu * 1000 / stored)
             if (ceiling := self.ceiling("cstore")) is not None:
                 study = self.study_for(ceiling, f"cstore-{round_number}", count)
                 run = run_storescu(storescu, ceiling, study.files, timeout=self.sizes.ingest_cap)
@@ -780,6 +788,9 @@ def print_table(report: Report, orthanc_label: str) -> None:
         ratio_text = "n/a"
         if ratio is not None:
             ratio_text = f"{ratio:.2f}×" + ("" if row.higher_is_better else " faster")
+        if row.unit == CPU_UNIT:
+            # ours over Orthanc's: with both cores busy, instances/s is about cores ÷ CPU per instance
+            ratio_text = "n/a" if ratio is None else f"{1 / ratio:.2f}× Orthanc's"
         if row.unit == "MB":
             ratio_text = "—" if ratio is None else f"{ratio:.2f}× less"
             verdict = "n/a" if row.ours is None else ("meets" if row.ours <= MEMORY_TARGET_MB else "MISSES")
@@ -936,7 +947,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if measured:
             summary += (
                 f" Ingest figures are medians of {sizes.rounds} round(s), servers alternating first; stores grow"
-                " across measurements (the same for both servers)."
+                " across measurements (the same for both servers). Server CPU per instance is user + system time of"
+                " all the server's threads: where the machine's cores are all busy (several clients, or storescu"
+                " and the server on one machine), instances/s is bounded by cores ÷ CPU per instance, so twice"
+                " Orthanc's rate needs about half its CPU per instance."
             )
         say(summary)
     except KeyboardInterrupt:
