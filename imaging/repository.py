@@ -8,31 +8,25 @@ the UIDs decide who was first.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar, cast
 
 from sqlalchemy import ColumnElement, LargeBinary, Select, Table, and_, bindparam, func, or_, select, update
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from imaging.models import DicomNode, ImagingInstance, ImagingSeries, ImagingStudy
-from telemed.core.db import utcnow
+from telemed.core.db import Prepared, utcnow
 
 AnySelect = Select[*tuple[Any, ...]]
 SelectT = TypeVar("SelectT", bound=AnySelect)
 
 #: Rows per multi-row INSERT: well below the bound-parameter limits of SQLite (32,766) and asyncpg (32,767).
 _INSERT_CHUNK = 200
-
-
-def _insert(session: Session, model: Table) -> Any:
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(model)
-    return sqlite.insert(model)
 
 
 def _chunks(rows: Sequence[Mapping[str, Any]]) -> Iterable[Sequence[Mapping[str, Any]]]:
@@ -73,43 +67,62 @@ def known_instances(session: Session, sop_uids: Iterable[str]) -> dict[str, Know
 _STUDY = cast(Table, ImagingStudy.__table__)
 _SERIES = cast(Table, ImagingSeries.__table__)
 _INSTANCE = cast(Table, ImagingInstance.__table__)
-_STATEMENTS: dict[tuple[str, str], Any] = {}
 
 
-def _statement(session: Session, name: str) -> Any:
-    """The upsert statements, built once per dialect and executed with a list of parameter sets: constant
-    statements stay in SQLAlchemy's compiled cache, and the rows go as one multi-row batch (insertmanyvalues)."""
-    dialect = session.get_bind().dialect.name
-    found = _STATEMENTS.get((dialect, name))
-    if found is not None:
-        return found
-    if name == "study":
-        insert = _insert(session, _STUDY)
-        built = insert.on_conflict_do_update(
-            index_elements=["study_uid"], set_={"study_uid": insert.excluded.study_uid}
-        ).returning(_STUDY.c.id, _STUDY.c.study_uid, _STUDY.c.facility_id)
-    elif name == "series":
-        insert = _insert(session, _SERIES)
-        built = insert.on_conflict_do_update(
-            index_elements=["series_uid"], set_={"series_uid": insert.excluded.series_uid}
-        ).returning(_SERIES.c.id, _SERIES.c.series_uid, _SERIES.c.study_pk)
-    else:
-        built = _insert(session, _INSTANCE).on_conflict_do_nothing().returning(_INSTANCE.c.sop_instance_uid)
-    _STATEMENTS[(dialect, name)] = built
-    return built
+def _insert_into(dialect: Dialect, table: Table) -> Any:
+    return postgresql.insert(table) if dialect.name == "postgresql" else sqlite.insert(table)
+
+
+def _study_upsert(dialect: Dialect) -> Any:
+    # DO UPDATE with an unchanged value, rather than DO NOTHING, so that RETURNING also gives the rows there already.
+    insert = _insert_into(dialect, _STUDY)
+    return insert.on_conflict_do_update(
+        index_elements=["study_uid"], set_={"study_uid": insert.excluded.study_uid}
+    ).returning(_STUDY.c.id, _STUDY.c.study_uid, _STUDY.c.facility_id)
+
+
+def _series_upsert(dialect: Dialect) -> Any:
+    insert = _insert_into(dialect, _SERIES)
+    return insert.on_conflict_do_update(
+        index_elements=["series_uid"], set_={"series_uid": insert.excluded.series_uid}
+    ).returning(_SERIES.c.id, _SERIES.c.series_uid, _SERIES.c.study_pk)
+
+
+def _instance_insert(dialect: Dialect) -> Any:
+    return _insert_into(dialect, _INSTANCE).on_conflict_do_nothing().returning(_INSTANCE.c.sop_instance_uid)
+
+
+class _Upsert:
+    """One of the ingest statements: a row alone (most transactions: one instance of one series of one study) runs
+    as a :class:`Prepared` statement; several go as one multi-row batch (insertmanyvalues) of the statement built
+    once per dialect, which stays in SQLAlchemy's compiled cache."""
+
+    def __init__(self, build: Callable[[Dialect], Any]) -> None:
+        self._build = build
+        self._single = Prepared(build)
+        self._batch: dict[str, Any] = {}
+
+    def rows(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> Iterable[Sequence[Any]]:
+        if len(rows) == 1:
+            return self._single.rows(session, rows[0])
+        connection = session.connection()
+        statement = self._batch.get(connection.dialect.name)
+        if statement is None:
+            statement = self._batch[connection.dialect.name] = self._build(connection.dialect)
+        return connection.execute(statement, list(rows))
+
+
+_STUDIES: Final = _Upsert(_study_upsert)
+_SERIES_ROWS: Final = _Upsert(_series_upsert)
+_INSTANCES: Final = _Upsert(_instance_insert)
 
 
 def ensure_studies(session: Session, rows: Sequence[Mapping[str, Any]]) -> dict[str, KnownStudy]:
-    """Insert the studies that are new (first sender wins) and return every one by its UID, in one statement.
-
-    ``ON CONFLICT DO UPDATE`` with an unchanged value, rather than ``DO NOTHING``, so that ``RETURNING`` also
-    gives the rows that were there already.
-    """
+    """Insert the studies that are new (first sender wins) and return every one by its UID, in one statement."""
     found: dict[str, KnownStudy] = {}
     ordered = sorted(rows, key=lambda row: str(row["study_uid"]))  # one lock order for concurrent writers
-    connection = session.connection()  # Core statements: no ORM bookkeeping on the hot path
     for chunk in _chunks(ordered):
-        for pk, study_uid, facility_id in connection.execute(_statement(session, "study"), list(chunk)):
+        for pk, study_uid, facility_id in _STUDIES.rows(session, chunk):
             found[study_uid] = KnownStudy(pk, study_uid, facility_id)
     return found
 
@@ -118,9 +131,8 @@ def ensure_series(session: Session, rows: Sequence[Mapping[str, Any]]) -> dict[s
     """``series_uid -> (series pk, study pk)`` for every row, inserting the new ones; one statement."""
     found: dict[str, tuple[int, int]] = {}
     ordered = sorted(rows, key=lambda row: str(row["series_uid"]))
-    connection = session.connection()
     for chunk in _chunks(ordered):
-        for pk, series_uid, study_pk in connection.execute(_statement(session, "series"), list(chunk)):
+        for pk, series_uid, study_pk in _SERIES_ROWS.rows(session, chunk):
             found[series_uid] = (pk, study_pk)
     return found
 
@@ -129,17 +141,17 @@ def insert_instances(session: Session, rows: Sequence[Mapping[str, Any]]) -> set
     """Insert instance rows; the SOP Instance UIDs that were new (the others were stored by someone else)."""
     inserted: set[str] = set()
     ordered = sorted(rows, key=lambda row: str(row["sop_instance_uid"]))
-    connection = session.connection()
     for chunk in _chunks(ordered):
-        result = connection.execute(_statement(session, "instance"), list(chunk))
-        inserted.update(result.scalars().all())
+        inserted.update(row[0] for row in _INSTANCES.rows(session, chunk))
     return inserted
 
 
 def touch_studies(session: Session, study_pks: Iterable[int]) -> None:
     """New instances arrived: the quiet period starts again (and a stable study is no longer stable)."""
     pks = sorted(set(study_pks))
-    if pks:
+    if len(pks) == 1:
+        _TOUCH_ONE.rows(session, {"pk": pks[0], "now": utcnow()})
+    elif pks:
         session.connection().execute(_TOUCH, {"pks": pks, "now": utcnow()})
 
 
@@ -147,6 +159,9 @@ _TOUCH: Final = (
     update(_STUDY)
     .where(_STUDY.c.id.in_(bindparam("pks", expanding=True)))
     .values(last_received_at=bindparam("now"), stable_at=None)
+)
+_TOUCH_ONE: Final = Prepared.of(
+    update(_STUDY).where(_STUDY.c.id == bindparam("pk")).values(last_received_at=bindparam("now"), stable_at=None)
 )
 
 
