@@ -23,6 +23,7 @@ anything it does not handle with certainty, so bad input is always classified by
 from __future__ import annotations
 
 import base64
+import functools
 import math
 import os
 import re
@@ -265,6 +266,7 @@ def _looks_like_cjk_utf8(raw: bytes) -> bool:
     return all(_is_cjk_or_ascii(char) for char in text)
 
 
+@functools.lru_cache(maxsize=256)
 def _canonical_term(term: str) -> str:
     cleaned = " ".join(term.strip().upper().split())
     if cleaned in _CHARSET_ALIASES:
@@ -286,6 +288,7 @@ def _single_charset_decoder(term: str) -> _TextDecoder:
     return _TextDecoder(python_encoding[term])
 
 
+@functools.lru_cache(maxsize=16)
 def _default_decoder(default_charset: str) -> _TextDecoder:
     term = _canonical_term(default_charset)
     if term not in python_encoding or term.startswith("ISO 2022"):
