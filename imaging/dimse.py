@@ -9,6 +9,9 @@ for the answer (dicom-notes §5). That wait cannot deadlock: the loop never wait
   modality that deletes its copy on success loses nothing.
 * Nagle's algorithm is turned off on the listening socket and on every accepted one: with it on, an association
   moves about 10 instances a second on loopback (the delayed-ACK stall measured in dicom-notes §0).
+* pynetdicom's two threads per association poll, sleeping a millisecond whenever they find nothing to do; on an
+  accepted association they wait for work instead (:class:`_Wakeups`): no thousand wake-ups a second taking the
+  GIL from the ingest, and no millisecond waits on a C-STORE's way in and out.
 * A calling AE title must be a registered ``dicom_node`` (its facility is the sender); an unknown one is rejected
   with "calling AE title not recognised" (PS3.8 §9.3.4) in production and accepted without a facility elsewhere.
 """
@@ -18,12 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
+import select
 import socket
 import threading
 import time
 import uuid
 import weakref
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar, cast
@@ -31,6 +36,8 @@ from typing import Any, Final, TypeVar, cast
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom import association as pynetdicom_association
+from pynetdicom import dul as pynetdicom_dul
 from pynetdicom.transport import ThreadedAssociationServer
 
 from imaging import qido, repository
@@ -111,6 +118,147 @@ def _configure_pynetdicom() -> None:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 
+#: pynetdicom's reactor poll: ``DULServiceProvider._run_loop_delay`` and the association reactor's own sleep.
+_REACTOR_POLL_SECONDS: Final = 0.001
+#: How long an idle reactor of an accepted association waits before looking round again (timers, a stop
+#: request): what arrives wakes it at once, so this only bounds how late an ARTIM expiry or the end of the
+#: association is noticed.
+_IDLE_WAIT_SECONDS: Final = 0.05
+
+#: The wait that replaces a reactor poll, by reactor thread (pynetdicom's DUL and Association are threads).
+_WAITS: weakref.WeakKeyDictionary[threading.Thread, Callable[[], None]] = weakref.WeakKeyDictionary()
+
+
+class _ReactorTime:
+    """Stands in for the ``time`` module in pynetdicom's ``dul`` and ``association`` modules: a reactor poll in a
+    thread of an association this listener accepted waits for work (:class:`_Wakeups`) instead of sleeping;
+    every other use, in every other thread, is the ``time`` module's own."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        wait = _WAITS.get(threading.current_thread()) if seconds == _REACTOR_POLL_SECONDS else None
+        if wait is None:
+            time.sleep(seconds)
+        else:
+            wait()
+
+
+class _WakingQueue(queue.Queue[Any]):
+    """A queue between pynetdicom's two reactor threads whose every put wakes the thread that takes from it."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._wake()
+
+
+class _Wakeups:
+    """The reactors of one accepted association wait for work instead of polling (installed before they start).
+
+    pynetdicom runs two threads per association, and both poll: the DUL thread sleeps 1 ms whenever it found
+    nothing to do, the association thread 1 ms before each look for a DIMSE message. On a busy server each of
+    those thousand wake-ups a second takes the GIL from the threads doing the work (ingest is CPU-bound here), and
+    a C-STORE can wait up to a millisecond when its data arrives, again before its handler runs and again before
+    its response goes out.
+
+    Here the DUL thread waits in ``select`` on its socket and on a wake-up socket that every primitive queued for
+    sending writes to; the association thread waits on its DIMSE message queue, which every complete message and
+    every primitive the DUL passes up (release, abort) wakes. An idle wait ends after ``_IDLE_WAIT_SECONDS`` so
+    that everything pynetdicom checks between polls (its timers, a stop request) is still checked; where work is
+    already queued, or a wait cannot be made (the connection is closed), the poll is pynetdicom's own sleep.
+    """
+
+    def __init__(self, assoc: Any) -> None:
+        dul = assoc.dul
+        # Only what the waits use is kept: no reference back to the association, which keys the tables it is in.
+        self._connection: socket.socket = dul.socket.socket
+        self._messages: queue.Queue[Any] = assoc.dimse.msg_queue
+        self._events: queue.Queue[Any] = dul.event_queue
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)
+        self._writer.setblocking(False)
+        # Nothing is queued before the reactors start, so the queues can be swapped for waking ones.
+        self._to_send = dul.to_provider_queue = _WakingQueue(self._wake_dul)
+        self._to_user = dul.to_user_queue = _WakingQueue(self._wake_association)
+        _WAITS[dul] = self._wait_for_data
+        _WAITS[assoc] = self._wait_for_message
+        weakref.finalize(dul, _close_all, self._reader, self._writer)
+
+    def close(self, assoc: Any) -> None:
+        """The connection is closed: both threads go back to plain sleeps until pynetdicom stops them."""
+        _WAITS.pop(assoc.dul, None)
+        _WAITS.pop(assoc, None)
+        _close_all(self._reader, self._writer)
+
+    def _wake_dul(self) -> None:
+        with contextlib.suppress(OSError):  # a wake-up already pending (buffer full), or the association ended
+            self._writer.send(b"\0")
+
+    def _wake_association(self) -> None:
+        with self._messages.not_empty:
+            self._messages.not_empty.notify_all()
+
+    def _wait_for_data(self) -> None:
+        if self._to_send.queue or self._events.queue:
+            return  # work is there: look again at once
+        try:
+            ready, _, _ = select.select([self._connection, self._reader], [], [], _IDLE_WAIT_SECONDS)
+        except (OSError, ValueError):  # closed: pynetdicom sees it itself on its next look
+            time.sleep(_REACTOR_POLL_SECONDS)
+            return
+        if self._reader in ready:
+            with contextlib.suppress(OSError):
+                self._reader.recv(4096)
+
+    def _wait_for_message(self) -> None:
+        messages = self._messages
+        with messages.not_empty:
+            if messages.queue:
+                return
+            if not self._to_user.queue:
+                messages.not_empty.wait(_IDLE_WAIT_SECONDS)
+                return
+        # A primitive from the DUL that this loop has yet to act on (or never will): poll as pynetdicom does.
+        time.sleep(_REACTOR_POLL_SECONDS)
+
+
+class ReactorWakeups:
+    """Puts :class:`_Wakeups` on every association a pynetdicom server accepts: pass :meth:`handlers` with the
+    server's event handlers (the DICOM listener does; so does the benchmark's no-op SCP, to stay like ours)."""
+
+    def __init__(self) -> None:
+        for module in (pynetdicom_dul, pynetdicom_association):
+            if not isinstance(vars(module)["time"], _ReactorTime):
+                vars(module)["time"] = _ReactorTime()
+        self._installed: weakref.WeakKeyDictionary[Any, _Wakeups] = weakref.WeakKeyDictionary()
+
+    def handlers(self) -> list[tuple[Any, Callable[[Any], None]]]:
+        return [(evt.EVT_CONN_OPEN, self.opened), (evt.EVT_CONN_CLOSE, self.closed)]
+
+    def opened(self, event: Any) -> None:
+        """EVT_CONN_OPEN: runs in the server's thread before the association's reactors start."""
+        try:
+            self._installed[event.assoc] = _Wakeups(event.assoc)
+        except (AttributeError, OSError):
+            log.warning("the association's reactors poll (pynetdicom's own timing)", exc_info=True)
+
+    def closed(self, event: Any) -> None:
+        wakeups = self._installed.pop(event.assoc, None)
+        if wakeups is not None:
+            wakeups.close(event.assoc)
+
+
+def _close_all(*sockets: socket.socket) -> None:
+    for each in sockets:
+        each.close()
+
+
 def _set_nodelay(sock: socket.socket | None) -> None:
     if sock is None:
         return
@@ -147,8 +295,11 @@ class DicomListener:
                 ae.add_supported_context(context.abstract_syntax, _PREFERRED_TRANSFER_SYNTAXES)
         ae.add_supported_context(_STUDY_ROOT_FIND)
         ae.add_supported_context(_PATIENT_ROOT_FIND)
+        wakeups = ReactorWakeups()
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, self._on_connection),
+            (evt.EVT_CONN_OPEN, wakeups.opened),  # after Nagle is off: handlers run in the order bound
+            (evt.EVT_CONN_CLOSE, wakeups.closed),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),

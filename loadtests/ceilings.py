@@ -3,7 +3,8 @@
 Two servers that store nothing, run on the same machine in the same run as Orthanc and ours:
 
 * ``cstore``: a pynetdicom C-STORE SCP (the library our DICOM listener is built on, configured as ours: data
-  sets received into a file, unrestricted storage) whose handler answers Success at once;
+  sets received into a file, unrestricted storage, reactors that wait for work) whose handler answers Success at
+  once;
 * ``stow``: uvicorn (httptools, uvloop, as ``telemed serve`` runs) with a bare ASGI app that reads a POST body
   and answers 200 with a few bytes of JSON, no framework, no sign-in, no parsing, no storage.
 
@@ -24,6 +25,8 @@ def serve_cstore(port: int) -> None:
     from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+    from imaging.dimse import ReactorWakeups
+
     _config.STORE_RECV_CHUNKED_DATASET = True
     _config.UNRESTRICTED_STORAGE_SERVICE = True
     ae = AE(ae_title="CEILING")
@@ -35,7 +38,8 @@ def serve_cstore(port: int) -> None:
     def on_store(event: Any) -> int:
         return 0x0000
 
-    ae.start_server((LOOPBACK, port), block=True, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    handlers = [(evt.EVT_C_STORE, on_store), *ReactorWakeups().handlers()]
+    ae.start_server((LOOPBACK, port), block=True, evt_handlers=handlers)
 
 
 async def _drain_app(scope: dict[str, Any], receive: Any, send: Any) -> None:

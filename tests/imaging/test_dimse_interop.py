@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -15,6 +18,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from sqlalchemy import select
 
+from imaging import dimse
 from imaging.config import ImagingSettings, use_imaging_settings
 from imaging.dimse import DicomListener
 from imaging.models import ImagingInstance, ImagingStudy
@@ -217,3 +221,85 @@ async def test_a_truncated_c_store_is_refused_and_c_find_respects_the_node_scope
     study_uid = str(dcmread(whole, stop_before_pixels=True).StudyInstanceUID)
     assert len(await asyncio.to_thread(_find, settings.dicom_port, "CLINIC_A1", study_uid)) == 1
     assert await asyncio.to_thread(_find, settings.dicom_port, "CLINIC_B1", study_uid) == []
+
+
+async def test_an_accepted_associations_reactors_wait_for_work_and_let_go_when_it_ends(
+    app: FastAPI, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pynetdicom's reactor polls become waits that end when data, a DIMSE message or a response is there; the
+    instances are stored as ever, the release is answered, and when the association ends its waits and wake-up
+    sockets are gone."""
+    paths = small_study(tmp_path / "study", 3)
+    made: list[tuple[Any, dimse._Wakeups]] = []
+    waited = {"data": 0, "message": 0}
+    make, wait_for_data, wait_for_message = (
+        dimse._Wakeups.__init__,
+        dimse._Wakeups._wait_for_data,
+        dimse._Wakeups._wait_for_message,
+    )
+
+    def counting_init(self: dimse._Wakeups, assoc: Any) -> None:
+        make(self, assoc)
+        made.append((assoc, self))
+
+    def counting_data(self: dimse._Wakeups) -> None:
+        waited["data"] += 1
+        wait_for_data(self)
+
+    def counting_message(self: dimse._Wakeups) -> None:
+        waited["message"] += 1
+        wait_for_message(self)
+
+    monkeypatch.setattr(dimse._Wakeups, "__init__", counting_init)
+    monkeypatch.setattr(dimse._Wakeups, "_wait_for_data", counting_data)
+    monkeypatch.setattr(dimse._Wakeups, "_wait_for_message", counting_message)
+
+    statuses = await asyncio.to_thread(_store_all, settings.dicom_port, paths)
+
+    assert statuses == [0x0000] * 3
+    assert await count_rows(app.state.ctx) == 3
+    assert waited["data"] > 0
+    assert waited["message"] > 0
+    [(assoc, wakeups)] = made
+    for _ in range(200):  # the connection closes in the listener's threads, after the release was answered
+        if assoc not in dimse._WAITS and assoc.dul not in dimse._WAITS:
+            break
+        await asyncio.sleep(0.02)
+    assert assoc not in dimse._WAITS
+    assert assoc.dul not in dimse._WAITS
+    assert wakeups._reader.fileno() == -1
+    assert wakeups._writer.fileno() == -1
+
+
+def _store_all(port: int, paths: list[Path]) -> list[int]:
+    ae = AE(ae_title="WAKEUPS")
+    ae.add_requested_context(CT_IMAGE_STORAGE)
+    assoc = ae.associate("127.0.0.1", port, ae_title="TELEMED")
+    assert assoc.is_established
+    try:
+        assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return [int(assoc.send_c_store(dcmread(path)).Status) for path in paths]
+    finally:
+        assoc.release()
+
+
+def test_reactor_time_is_the_time_module_but_for_the_polls_of_accepted_associations(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stand_in = dimse._ReactorTime()
+    slept: list[float] = []
+    waited: list[str] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+
+    assert stand_in.monotonic is time.monotonic
+    stand_in.sleep(0.001)  # not a reactor thread of an accepted association: a plain sleep
+    dimse._WAITS[threading.current_thread()] = lambda: waited.append("waited")
+    try:
+        stand_in.sleep(0.001)  # a reactor's poll: the wait for work
+        stand_in.sleep(0.0001)  # other sleeps (pausing, shutting down, aborting) stay sleeps
+        stand_in.sleep(0.1)
+    finally:
+        del dimse._WAITS[threading.current_thread()]
+
+    assert slept == [0.001, 0.0001, 0.1]
+    assert waited == ["waited"]
