@@ -254,6 +254,11 @@ async def _receive_part(
         return refused_file(part.index, error)
     except OSError:
         await _remove_part_file(part)
+        if part.data is not None:  # read from memory: it was the spool that could not be written (disk full)
+            return refused(
+                part.index, FailureReason.out_of_resources, "imaging.storage_failed",
+                "The file could not be written to storage.",
+            )  # fmt: skip
         return refused(part.index, FailureReason.processing_failure, "imaging.read_failed", "The part was unreadable.")
     if study_uid is not None and item.header.study_instance_uid != study_uid:
         await remove_files([item.path])

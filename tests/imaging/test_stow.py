@@ -446,6 +446,32 @@ async def test_a_sender_that_goes_away_while_a_part_is_read_leaves_no_spool_file
     assert await count_blobs(ctx) == 0
 
 
+async def test_a_spool_that_cannot_be_written_refuses_the_part_as_out_of_resources(
+    app: FastAPI, client: httpx.AsyncClient, community: Community, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Disk full before a part reaches storage: that part is refused 'out of resources', the others are stored."""
+    from imaging import multipart
+
+    headers = await community.login(client, "vd_a1")
+    paths = small_study(tmp_path / "study", 3)
+    doomed = paths[1].read_bytes()
+    write_all = multipart._write_all
+
+    def full_disk(descriptor: int, data: bytes) -> None:
+        if data == doomed:
+            raise OSError(28, "No space left on device")
+        write_all(descriptor, data)
+
+    monkeypatch.setattr(multipart, "_write_all", full_disk)
+    response = await stow(client, headers, paths)
+
+    assert response.status_code == 202, response.text
+    assert list(failures(response.json()).values()) == [FailureReason.out_of_resources]
+    assert await count_rows(app.state.ctx) == 2
+    assert await count_blobs(app.state.ctx) == 2
+    assert not [p for p in (app.state.ctx.settings.data_dir / "spool").rglob("*") if p.is_file()]
+
+
 @pytest.mark.parametrize("cancelled_while", ["writing blobs", "committing"])
 async def test_a_sender_that_goes_away_leaves_rows_and_blobs_that_agree(
     app: FastAPI,
