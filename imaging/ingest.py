@@ -179,7 +179,7 @@ def read_received(index: int, path: Path, *, default_charset: str) -> Received:
 def receive_bytes(index: int, data: bytes, spool_dir: Path, *, default_charset: str) -> Received:
     """:func:`read_received` for a file held in memory (a small STOW-RS part): header and hash from the bytes,
     then the bytes written to a new file in ``spool_dir`` (blocking: one worker-thread call for the three).
-    Raises :class:`InvalidDicom` before anything is written."""
+    Raises :class:`InvalidDicom` before anything is written, ``OSError`` when the file cannot be written."""
     header = read_header(io.BytesIO(data), default_charset=default_charset)
     sha256 = hashlib.sha256(data).hexdigest()
     document = stored_document(header)
