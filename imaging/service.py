@@ -290,7 +290,9 @@ async def _read_part(part: Part, charset: str, spool: Path) -> Received:
 
 
 def _remove_read_file(path: Path | None, reading: asyncio.Future[Received]) -> None:
-    if path is None and not reading.cancelled() and reading.exception() is None:
+    # exception() is asked in every case, so that a failed read nobody awaits any more is not reported as lost.
+    succeeded = not reading.cancelled() and reading.exception() is None
+    if path is None and succeeded:
         path = reading.result().path
     if path is not None:
         with contextlib.suppress(FileNotFoundError):

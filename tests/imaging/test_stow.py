@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import threading
 from pathlib import Path
@@ -470,6 +471,48 @@ async def test_a_spool_that_cannot_be_written_refuses_the_part_as_out_of_resourc
     assert await count_rows(app.state.ctx) == 2
     assert await count_blobs(app.state.ctx) == 2
     assert not [p for p in (app.state.ctx.settings.data_dir / "spool").rglob("*") if p.is_file()]
+
+
+async def test_a_spooled_part_whose_read_fails_after_the_sender_went_away_leaves_no_file_and_no_lost_error(
+    app: FastAPI, client: httpx.AsyncClient, community: Community, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part larger than a spool block is read from its file; when the client has gone by the time that read
+    fails, the file is removed and the failure is not reported as an unretrieved task exception."""
+    from imaging.dicomfile import DicomProblem, InvalidDicom
+
+    headers = await community.login(client, "vd_a1")
+    ctx = app.state.ctx
+    reached, release = threading.Event(), threading.Event()
+
+    def failing_read(*args: Any, **kwargs: Any) -> Any:
+        reached.set()
+        assert release.wait(timeout=30)
+        raise InvalidDicom(DicomProblem.not_dicom, "not DICOM", "不是 DICOM")
+
+    monkeypatch.setattr(service, "read_received", failing_read)
+    lost: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: lost.append(context))
+    try:
+        request = asyncio.ensure_future(stow(client, headers, [b"x" * (2 * 1024 * 1024)]))
+        await asyncio.to_thread(reached.wait, 30)
+        request.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        spool = ctx.settings.data_dir / "spool"
+        for _ in range(200):
+            if not [p for p in spool.rglob("*") if p.is_file()]:
+                break
+            await asyncio.sleep(0.05)
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(previous)
+
+    assert not [p for p in spool.rglob("*") if p.is_file()]
+    assert lost == []
 
 
 @pytest.mark.parametrize("cancelled_while", ["writing blobs", "committing"])
