@@ -17,18 +17,23 @@ def _reference_document(text: str) -> Any:
     return json.loads(text)
 
 
-def test_the_stored_document_is_the_compact_json_of_the_header_sorted_by_tag(tmp_path: Path) -> None:
-    path = make_ct_slice(
-        tmp_path / "ct.dcm",
+def _slice(directory: Path, patient_name: str, charset: str | None, **options: Any) -> Path:
+    """A small CT slice with fresh UIDs."""
+    return make_ct_slice(
+        directory / "ct.dcm",
         study_uid=new_uid(),
         series_uid=new_uid(),
         sop_uid=new_uid(),
-        patient_name="王^小明",
-        charset="GB18030",
+        patient_name=patient_name,
+        charset=charset,
         rows=16,
         cols=16,
-        extra=varied_attributes(),
+        **options,
     )
+
+
+def test_the_stored_document_is_the_compact_json_of_the_header_sorted_by_tag(tmp_path: Path) -> None:
+    path = _slice(tmp_path, "王^小明", "GB18030", extra=varied_attributes())
     header = read_header(path)
 
     text = stored_document(header)
@@ -48,16 +53,7 @@ def test_the_stored_document_is_the_compact_json_of_the_header_sorted_by_tag(tmp
 
 def test_a_number_beyond_64_bits_is_still_stored(tmp_path: Path) -> None:
     """orjson refuses integers beyond 64 bits (a malformed IS value could give one); the json module takes it."""
-    path = make_ct_slice(
-        tmp_path / "ct.dcm",
-        study_uid=new_uid(),
-        series_uid=new_uid(),
-        sop_uid=new_uid(),
-        patient_name="A",
-        charset=None,
-        rows=16,
-        cols=16,
-    )
+    path = _slice(tmp_path, "A", None)
     header = read_header(path)
     huge = dataclasses.replace(header, dataset_json={**header.dataset_json, "00200013": {"vr": "IS", "Value": [2**70]}})
 
@@ -65,16 +61,7 @@ def test_a_number_beyond_64_bits_is_still_stored(tmp_path: Path) -> None:
 
 
 def test_a_file_read_from_memory_is_read_as_from_disk(tmp_path: Path) -> None:
-    path = make_ct_slice(
-        tmp_path / "ct.dcm",
-        study_uid=new_uid(),
-        series_uid=new_uid(),
-        sop_uid=new_uid(),
-        patient_name="张三",
-        charset="ISO_IR 192",
-        rows=16,
-        cols=16,
-    )
+    path = _slice(tmp_path, "张三", "ISO_IR 192")
     spool = tmp_path / "spool"
     spool.mkdir()
 

@@ -7,6 +7,7 @@ import contextlib
 import gc
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,28 @@ def settings(settings: Settings) -> Settings:
 def failures(body: dict[str, object]) -> dict[str | None, int]:
     """Failed items as {SOP Instance UID (None when unknown): Failure Reason}."""
     return {first(item, "00081155"): first(item, "00081197") for item in sequence(body, FAILED)}  # type: ignore[arg-type]
+
+
+def spool_files(ctx: Any) -> list[Path]:
+    """What is left in the spool folders (a request cleans up after itself)."""
+    return [p for p in (ctx.settings.data_dir / "spool").rglob("*") if p.is_file()]
+
+
+async def cancel_when_reached(request: asyncio.Future[Any], reached: threading.Event, release: threading.Event) -> None:
+    """The client goes away once a worker thread has reached ``reached``; then that thread is let go on."""
+    await asyncio.to_thread(reached.wait, 30)
+    request.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+
+
+async def until_spool_empty(ctx: Any, *, also: Callable[[], bool] = lambda: True) -> None:
+    """Wait (at most 10 s) for the clean-up that outlives a cancelled request."""
+    for _ in range(200):
+        if also() and not spool_files(ctx):
+            return
+        await asyncio.sleep(0.05)
 
 
 async def test_stow_stores_a_study_that_qido_and_wado_then_serve(
@@ -137,8 +160,7 @@ async def test_bad_parts_are_refused_one_by_one_and_the_good_ones_stored(
     ctx = app.state.ctx
     assert await count_rows(ctx) == 2
     assert await count_blobs(ctx) == 2
-    spool = ctx.settings.data_dir / "spool"
-    assert not [p for p in spool.rglob("*") if p.is_file()]
+    assert not spool_files(ctx)
     radiologist = await community.login(client, "rad")
     listed = (await client.get(f"/dicomweb/studies/{study_uid}/instances", headers=radiologist)).json()
     assert {first(item, "00080018") for item in listed} == stored
@@ -219,7 +241,7 @@ async def test_the_same_bytes_again_succeed_and_other_bytes_under_the_same_uid_c
     assert await count_rows(app.state.ctx) == 2
     assert await count_blobs(app.state.ctx) == 2
     # The copies that were not stored left no spool file behind.
-    assert not [p for p in (app.state.ctx.settings.data_dir / "spool").rglob("*") if p.is_file()]
+    assert not spool_files(app.state.ctx)
 
 
 async def test_stow_into_a_study_refuses_instances_of_another_study(
@@ -396,7 +418,7 @@ async def test_a_blob_that_cannot_be_written_fails_its_batch_and_indexes_nothing
     assert set(failures(response.json()).values()) == {FailureReason.out_of_resources}
     assert await count_rows(ctx) == 0
     assert await count_blobs(ctx) == 0
-    assert not [p for p in (ctx.settings.data_dir / "spool").rglob("*") if p.is_file()]
+    assert not spool_files(ctx)
     async with ctx.db.read_session() as session:
         records = (await session.scalars(select(AuditRecord).where(AuditRecord.resource_type == "imaging_study"))).all()
     assert [(r.action, r.outcome, r.detail["stored"], r.detail["reasons"]) for r in records] == [
@@ -430,19 +452,11 @@ async def test_a_sender_that_goes_away_while_a_part_is_read_leaves_no_spool_file
 
     monkeypatch.setattr(service, "receive_bytes", slow_receive)
     request = asyncio.ensure_future(stow(client, headers, small_study(tmp_path / "study", 2)))
-    await asyncio.to_thread(reached.wait, 30)
-    request.cancel()
-    release.set()
-    with pytest.raises(asyncio.CancelledError):
-        await request
-    spool = ctx.settings.data_dir / "spool"
-    for _ in range(200):
-        if written and not [p for p in spool.rglob("*") if p.is_file()]:
-            break
-        await asyncio.sleep(0.05)
+    await cancel_when_reached(request, reached, release)
+    await until_spool_empty(ctx, also=lambda: bool(written))
 
     assert len(written) == 1
-    assert not [p for p in spool.rglob("*") if p.is_file()]
+    assert not spool_files(ctx)
     assert await count_rows(ctx) == 0
     assert await count_blobs(ctx) == 0
 
@@ -470,7 +484,7 @@ async def test_a_spool_that_cannot_be_written_refuses_the_part_as_out_of_resourc
     assert list(failures(response.json()).values()) == [FailureReason.out_of_resources]
     assert await count_rows(app.state.ctx) == 2
     assert await count_blobs(app.state.ctx) == 2
-    assert not [p for p in (app.state.ctx.settings.data_dir / "spool").rglob("*") if p.is_file()]
+    assert not spool_files(app.state.ctx)
 
 
 async def test_a_spooled_part_whose_read_fails_after_the_sender_went_away_leaves_no_file_and_no_lost_error(
@@ -496,22 +510,14 @@ async def test_a_spooled_part_whose_read_fails_after_the_sender_went_away_leaves
     loop.set_exception_handler(lambda _loop, context: lost.append(context))
     try:
         request = asyncio.ensure_future(stow(client, headers, [b"x" * (2 * 1024 * 1024)]))
-        await asyncio.to_thread(reached.wait, 30)
-        request.cancel()
-        release.set()
-        with pytest.raises(asyncio.CancelledError):
-            await request
-        spool = ctx.settings.data_dir / "spool"
-        for _ in range(200):
-            if not [p for p in spool.rglob("*") if p.is_file()]:
-                break
-            await asyncio.sleep(0.05)
+        await cancel_when_reached(request, reached, release)
+        await until_spool_empty(ctx)
         gc.collect()
         await asyncio.sleep(0)
     finally:
         loop.set_exception_handler(previous)
 
-    assert not [p for p in spool.rglob("*") if p.is_file()]
+    assert not spool_files(ctx)
     assert lost == []
 
 
