@@ -298,8 +298,7 @@ class DicomListener:
         wakeups = ReactorWakeups()
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, self._on_connection),
-            (evt.EVT_CONN_OPEN, wakeups.opened),  # after Nagle is off: handlers run in the order bound
-            (evt.EVT_CONN_CLOSE, wakeups.closed),
+            *wakeups.handlers(),  # after Nagle is off: handlers run in the order bound
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),

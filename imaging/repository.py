@@ -8,7 +8,7 @@ the UIDs decide who was first.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar, cast
 
@@ -92,29 +92,11 @@ def _instance_insert(dialect: Dialect) -> Any:
     return _insert_into(dialect, _INSTANCE).on_conflict_do_nothing().returning(_INSTANCE.c.sop_instance_uid)
 
 
-class _Upsert:
-    """One of the ingest statements: a row alone (most transactions: one instance of one series of one study) runs
-    as a :class:`Prepared` statement; several go as one multi-row batch (insertmanyvalues) of the statement built
-    once per dialect, which stays in SQLAlchemy's compiled cache."""
-
-    def __init__(self, build: Callable[[Dialect], Any]) -> None:
-        self._build = build
-        self._single = Prepared(build)
-        self._batch: dict[str, Any] = {}
-
-    def rows(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> Iterable[Sequence[Any]]:
-        if len(rows) == 1:
-            return self._single.rows(session, rows[0])
-        connection = session.connection()
-        statement = self._batch.get(connection.dialect.name)
-        if statement is None:
-            statement = self._batch[connection.dialect.name] = self._build(connection.dialect)
-        return connection.execute(statement, list(rows))
-
-
-_STUDIES: Final = _Upsert(_study_upsert)
-_SERIES_ROWS: Final = _Upsert(_series_upsert)
-_INSTANCES: Final = _Upsert(_instance_insert)
+# A row alone (most transactions: one instance of one series of one study) runs straight on the driver; several go
+# as one multi-row batch (Prepared.many).
+_STUDIES: Final = Prepared(_study_upsert)
+_SERIES_ROWS: Final = Prepared(_series_upsert)
+_INSTANCES: Final = Prepared(_instance_insert)
 
 
 def ensure_studies(session: Session, rows: Sequence[Mapping[str, Any]]) -> dict[str, KnownStudy]:
@@ -122,7 +104,7 @@ def ensure_studies(session: Session, rows: Sequence[Mapping[str, Any]]) -> dict[
     found: dict[str, KnownStudy] = {}
     ordered = sorted(rows, key=lambda row: str(row["study_uid"]))  # one lock order for concurrent writers
     for chunk in _chunks(ordered):
-        for pk, study_uid, facility_id in _STUDIES.rows(session, chunk):
+        for pk, study_uid, facility_id in _STUDIES.many(session, chunk):
             found[study_uid] = KnownStudy(pk, study_uid, facility_id)
     return found
 
@@ -132,7 +114,7 @@ def ensure_series(session: Session, rows: Sequence[Mapping[str, Any]]) -> dict[s
     found: dict[str, tuple[int, int]] = {}
     ordered = sorted(rows, key=lambda row: str(row["series_uid"]))
     for chunk in _chunks(ordered):
-        for pk, series_uid, study_pk in _SERIES_ROWS.rows(session, chunk):
+        for pk, series_uid, study_pk in _SERIES_ROWS.many(session, chunk):
             found[series_uid] = (pk, study_pk)
     return found
 
@@ -142,7 +124,7 @@ def insert_instances(session: Session, rows: Sequence[Mapping[str, Any]]) -> set
     inserted: set[str] = set()
     ordered = sorted(rows, key=lambda row: str(row["sop_instance_uid"]))
     for chunk in _chunks(ordered):
-        inserted.update(row[0] for row in _INSTANCES.rows(session, chunk))
+        inserted.update(row[0] for row in _INSTANCES.many(session, chunk))
     return inserted
 
 

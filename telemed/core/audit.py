@@ -180,11 +180,9 @@ def append_audit_sync(
         records.append(record)
     if not records:
         return records
-    rows = [{name: getattr(record, name) for name in _RECORD_COLUMNS} for record in records]
-    if len(rows) == 1:
-        _PREPARED_INSERT_RECORD.rows(session, rows[0])
-    else:
-        connection.execute(_INSERT_RECORDS, rows)
+    _PREPARED_INSERT_RECORDS.many(
+        session, [{name: getattr(record, name) for name in _RECORD_COLUMNS} for record in records]
+    )
     moved = {"last_seq": last_seq, "last_hash": last_hash}
     if head is not None:
         _PREPARED_MOVE_HEAD.rows(session, moved)
@@ -208,7 +206,7 @@ _NEW_HEAD: Final = insert(_HEAD_TABLE).values(id=1)
 # The statements of every write, straight on the driver (see Prepared): a request's audit costs a third as much.
 _PREPARED_HEAD: Final = Prepared.of(_HEAD)
 _PREPARED_HEAD_FOR_UPDATE: Final = Prepared.of(_HEAD_FOR_UPDATE)
-_PREPARED_INSERT_RECORD: Final = Prepared.of(_INSERT_RECORDS)
+_PREPARED_INSERT_RECORDS: Final = Prepared.of(_INSERT_RECORDS)
 _PREPARED_MOVE_HEAD: Final = Prepared.of(_MOVE_HEAD)
 _FIRST_HEAD: Final = postgresql.insert(_HEAD_TABLE).values(id=1, last_seq=0, last_hash=GENESIS).on_conflict_do_nothing()
 

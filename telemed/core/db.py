@@ -21,9 +21,9 @@ import datetime as dt
 import logging
 import queue
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar, cast
 
 from sqlalchemy import JSON, DateTime, Engine, MetaData, event, make_url
 from sqlalchemy import create_engine as create_sync_engine
@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.sql import ClauseElement, ColumnElement
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import Executable
 from sqlalchemy.sql.schema import ColumnDefault
 from sqlalchemy.types import TypeDecorator
 
@@ -125,12 +126,24 @@ class Prepared:
 
     def __init__(self, build: Callable[[Dialect], ClauseElement]) -> None:
         self._build = build
+        self._statements: dict[str, ClauseElement] = {}
         self._compiled: dict[tuple[str, frozenset[str]], _Compiled] = {}
 
     @classmethod
     def of(cls, statement: ClauseElement) -> Prepared:
         """The same statement on every dialect."""
         return cls(lambda _dialect: statement)
+
+    def many(self, session: Session, parameter_sets: Sequence[Mapping[str, Any]]) -> Sequence[Sequence[Any]]:
+        """:meth:`rows` for one parameter set; several go through ``Connection.execute`` as one executemany batch
+        (insertmanyvalues for an INSERT) of the same statement, which SQLAlchemy's compiled cache keeps: there its
+        per-execution cost is shared by every row."""
+        if len(parameter_sets) == 1:
+            return self.rows(session, parameter_sets[0])
+        connection = session.connection()
+        statement = cast(Executable, self._statement(connection.dialect))  # INSERT, UPDATE or SELECT: executable
+        result = connection.execute(statement, list(parameter_sets))
+        return result.all() if result.returns_rows else []
 
     def rows(self, session: Session, parameters: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """Run the statement in ``session``'s transaction; the rows it returns (RETURNING or SELECT), processed."""
@@ -164,8 +177,14 @@ class Prepared:
             for row in fetched
         ]
 
+    def _statement(self, dialect: Dialect) -> ClauseElement:
+        statement = self._statements.get(dialect.name)
+        if statement is None:
+            statement = self._statements[dialect.name] = self._build(dialect)
+        return statement
+
     def _compile(self, dialect: Dialect, names: list[str]) -> _Compiled:
-        statement = self._build(dialect)
+        statement = self._statement(dialect)
         compiled = statement.compile(dialect=dialect, column_keys=names)
         assert isinstance(compiled, SQLCompiler)
         if compiled.update_prefetch or any(bind.expanding for bind in compiled.binds.values()):

@@ -86,6 +86,29 @@ async def test_a_prepared_insert_stores_and_returns_what_execute_does(db: Databa
         assert record.published_at is None
 
 
+async def test_several_parameter_sets_go_as_one_batch_with_the_same_results(db: Database) -> None:
+    statement = insert(OUTBOX).returning(OUTBOX.c.event_id, OUTBOX.c.payload, OUTBOX.c.occurred_at)
+    prepared = Prepared.of(statement)
+    one, two, three = _event("test.one"), _event("test.two"), _event("test.three")
+
+    def work(session: Session) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        alone = [tuple(row) for row in prepared.many(session, [one])]
+        batch = sorted((tuple(row) for row in prepared.many(session, [two, three])), key=lambda row: str(row[0]))
+        return alone, batch
+
+    alone, batch = await db.write(work)
+
+    assert alone == [(one["event_id"], one["payload"], one["occurred_at"])]
+    expected = sorted(
+        ((event["event_id"], event["payload"], event["occurred_at"]) for event in (two, three)),
+        key=lambda row: str(row[0]),
+    )
+    assert batch == expected
+    async with db.read_session() as session:
+        names = sorted((await session.scalars(select(OutboxRecord.name))).all())
+    assert names == ["test.one", "test.three", "test.two"]
+
+
 async def test_defaults_values_in_the_statement_and_errors_are_sqlalchemys(db: Database) -> None:
     add_region = Prepared.of(insert(REGION).returning(REGION.c.id, REGION.c.parent_id))
     rename = Prepared.of(
