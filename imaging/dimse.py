@@ -472,7 +472,7 @@ async def store_received_file(ctx: AppContext, read: Received | Outcome, node: N
     """Store one C-STORE data set (a file pynetdicom received, read by :func:`_read_received`) through the ingest
     path of STOW-RS; a refused one is audited."""
     sender = Sender(source="dimse", facility_id=node.facility_id, calling_ae=node.ae_title[:16])
-    async with UnitOfWork(ctx, ctx.db.session(), _actor(node)) as uow:
+    async with UnitOfWork(ctx, ctx.db.session, _actor(node)) as uow:
         if isinstance(read, Outcome):
             audit_outcomes(uow, [read], source="dimse", calling_ae=node.ae_title)
             await uow.commit()
@@ -539,7 +539,7 @@ async def find_matches(ctx: AppContext, node: NodeInfo, level: str, identifier: 
             page = await qido.search_studies(session, query, scope, "")
         else:
             page = await qido.search_series(session, query, scope, "", study_pk=None)
-    async with UnitOfWork(ctx, ctx.db.session(), _actor(node)) as uow:
+    async with UnitOfWork(ctx, ctx.db.session, _actor(node)) as uow:
         uow.audit(
             AuditEntry(
                 action=AuditAction.query,

@@ -789,7 +789,7 @@ async def _settle(
     else:
         detail["reason"] = reason
     status = next_status(ExportStatus.running, command)
-    async with UnitOfWork(ctx, ctx.db.session(), SYSTEM_ACTOR) as uow:
+    async with UnitOfWork(ctx, ctx.db.session, SYSTEM_ACTOR) as uow:
         moved = await _transition(uow.session, claim.id, command, token=claim.token, conditions=conditions, **values)
         if moved is None:
             return False
@@ -880,7 +880,7 @@ async def expire_exports(ctx: AppContext, *, now: dt.datetime | None = None) -> 
         # job marked expired whose file stays behind.
         if blob_key:
             await ctx.storage.delete(blob_key)
-        async with UnitOfWork(ctx, ctx.db.session(), SYSTEM_ACTOR) as uow:
+        async with UnitOfWork(ctx, ctx.db.session, SYSTEM_ACTOR) as uow:
             if await _transition(uow.session, export_id, Command.expire, blob_key=None) is None:
                 continue
             uow.audit(AuditEntry(AuditAction.delete, EXPORT_RESOURCE, str(export_id), detail={"reason": "retention"}))
@@ -911,7 +911,7 @@ async def export_study_to_file(
                               "options": options.as_dict()}  # fmt: skip
 
     async def audit(outcome: AuditOutcome, **more: Any) -> None:
-        async with UnitOfWork(ctx, ctx.db.session(), SYSTEM_ACTOR) as uow:
+        async with UnitOfWork(ctx, ctx.db.session, SYSTEM_ACTOR) as uow:
             uow.audit(AuditEntry(AuditAction.execute, RESOURCE_TYPE, study_uid[:64], outcome=outcome,
                                  purpose=purpose.value, detail={**detail, **more}))  # fmt: skip
             await uow.commit()

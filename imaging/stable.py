@@ -39,7 +39,7 @@ async def mark_stable_studies(ctx: AppContext) -> int:
         return 0
     table = load_routing(settings.imaging_routing_file)
     marked = 0
-    async with UnitOfWork(ctx, ctx.db.session(), SYSTEM_ACTOR) as uow:
+    async with UnitOfWork(ctx, ctx.db.session, SYSTEM_ACTOR) as uow:
         for study_pk in candidates:
             study = await repository.claim_stable(uow.session, study_pk, quiet_since=quiet_since)
             if study is None:

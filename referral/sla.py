@@ -43,7 +43,7 @@ class SlaTick:
 async def run_sla_tick(ctx: AppContext, *, now: dt.datetime | None = None, limit: int = BATCH) -> SlaTick:
     """One scan: escalate up to ``limit`` overdue referrals and expire up to ``limit`` stale ones."""
     now = now or utcnow()
-    async with UnitOfWork(ctx, ctx.db.session(), SYSTEM_ACTOR) as uow:
+    async with UnitOfWork(ctx, ctx.db.session, SYSTEM_ACTOR) as uow:
         overdue = await repository.overdue_for_ack(uow.session, now, limit=limit)
         for referral in overdue:
             referral.escalated_at = now

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
@@ -277,9 +278,13 @@ async def revoke_all_sessions(session: AsyncSession, user_id: uuid.UUID) -> None
 
 
 async def resolve_principal(
-    db_sessions: AsyncSession, signer: TokenSigner, settings: Settings, token: str
+    sessions: Callable[[], AsyncSession], signer: TokenSigner, settings: Settings, token: str
 ) -> Principal:
-    """The principal behind a bearer token, checked against its live session and account on every request."""
+    """The principal behind a bearer token, checked against its live session and account on every request.
+
+    ``sessions`` makes a database session (``Database.read_session``): it is called only when the token's session
+    was not checked in the last :data:`PRINCIPAL_CACHE_SECONDS`, so most requests open none.
+    """
     now = utcnow()
     claims = signer.verify(token, now=now)
     if claims is None:
@@ -288,9 +293,16 @@ async def resolve_principal(
     cached = _checked_sessions.get(session_id)
     if cached is not None:
         return cached
-    async with db_sessions.begin():
+    async with sessions() as session:
+        return await _check_session(session, settings, session_id, now)
+
+
+async def _check_session(
+    session: AsyncSession, settings: Settings, session_id: uuid.UUID, now: dt.datetime
+) -> Principal:
+    async with session.begin():
         row = (
-            await db_sessions.execute(
+            await session.execute(
                 select(AuthSession, UserAccount)
                 .join(UserAccount, UserAccount.id == AuthSession.user_id)
                 .where(AuthSession.id == session_id)
@@ -304,10 +316,8 @@ async def resolve_principal(
             raise SessionEnded()
         must_touch = now - auth_session.last_seen_at > TOUCH_EVERY
     if must_touch:
-        async with db_sessions.begin():
-            await db_sessions.execute(
-                update(AuthSession).where(AuthSession.id == auth_session.id).values(last_seen_at=now)
-            )
+        async with session.begin():
+            await session.execute(update(AuthSession).where(AuthSession.id == auth_session.id).values(last_seen_at=now))
     principal = Principal(
         user_id=account.id,
         username=account.username,

@@ -32,8 +32,7 @@ async def get_optional_principal(ctx: Ctx, token: Annotated[str | None, Depends(
         return None
     # A read transaction: on SQLite a write one (BEGIN IMMEDIATE) would queue every request behind the writer
     # just to look up its session; the rare last-seen update runs in a short transaction of its own.
-    async with ctx.db.read_session() as session:
-        return await resolve_principal(session, ctx.signer, ctx.settings, token)
+    return await resolve_principal(ctx.db.read_session, ctx.signer, ctx.settings, token)
 
 
 async def get_principal(principal: Annotated[Principal | None, Depends(get_optional_principal)]) -> Principal:
@@ -70,7 +69,7 @@ async def get_uow(
         source_ip=client_ip(request),
         request_id=getattr(request.state, "request_id", None),
     )
-    async with UnitOfWork(ctx, ctx.db.session(), actor) as uow:
+    async with UnitOfWork(ctx, ctx.db.session, actor) as uow:
         yield uow
         if not uow.committed:
             await uow.commit()

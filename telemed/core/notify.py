@@ -132,8 +132,7 @@ async def notifications_socket(socket: WebSocket) -> None:
     try:
         first = await asyncio.wait_for(socket.receive_json(), timeout=10)
         token = str(first.get("token", "")) if isinstance(first, dict) else ""
-        async with ctx.db.read_session() as session:
-            principal = await resolve_principal(session, ctx.signer, ctx.settings, token)
+        principal = await resolve_principal(ctx.db.read_session, ctx.signer, ctx.settings, token)
     except (TimeoutError, ProblemError, ValueError, WebSocketDisconnect):
         with contextlib.suppress(Exception):
             await socket.close(code=4401)
@@ -148,8 +147,7 @@ async def notifications_socket(socket: WebSocket) -> None:
                 # checks them again, so a sign-out, a disabled account or an expired token on any worker ends
                 # the stream here too. 4401 tells the page to renew its token or go to sign-in.
                 try:
-                    async with ctx.db.read_session() as session:
-                        await resolve_principal(session, ctx.signer, ctx.settings, token)
+                    await resolve_principal(ctx.db.read_session, ctx.signer, ctx.settings, token)
                 except ProblemError:
                     hub.remove(socket)
                     await socket.close(code=4401)

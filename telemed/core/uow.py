@@ -46,15 +46,24 @@ class AuditUnavailable(ServiceUnavailable):
 
 
 class UnitOfWork:
-    def __init__(self, ctx: AppContext, session: AsyncSession, actor: AuditActor) -> None:
+    def __init__(self, ctx: AppContext, sessions: Callable[[], AsyncSession], actor: AuditActor) -> None:
+        """``sessions`` makes the unit's database session (``Database.session``), on first use: a request whose
+        writes all go through :meth:`commit_work` (image ingest) never opens one."""
         self.ctx = ctx
-        self.session = session
+        self._sessions = sessions
+        self._session: AsyncSession | None = None
         self.actor = actor
         self.events: list[DomainEvent] = []
         self.audit_entries: list[AuditEntry] = []
         self._committed = False
         #: A :meth:`commit_work` whose caller was cancelled: the unit does not end before it does.
         self._in_flight: asyncio.Future[Any] | None = None
+
+    @property
+    def session(self) -> AsyncSession:
+        if self._session is None:
+            self._session = self._sessions()
+        return self._session
 
     @property
     def committed(self) -> bool:
@@ -105,10 +114,11 @@ class UnitOfWork:
         When the transaction fails, the events and audit entries ``work`` recorded are dropped with it, so that
         the caller can try again, or record what happened instead.
         """
-        session = self.session
-        if session.new or session.dirty or session.deleted:
-            raise RuntimeError("commit_work: the unit's own session has changes; commit them with commit()")
-        await session.rollback()
+        session = self._session
+        if session is not None:
+            if session.new or session.dirty or session.deleted:
+                raise RuntimeError("commit_work: the unit's own session has changes; commit them with commit()")
+            await session.rollback()
 
         def run(sync: Session) -> tuple[T, list[DomainEvent], list[AuditRecord]]:
             result = work(sync)
@@ -161,7 +171,8 @@ class UnitOfWork:
                     log.exception("audit checkpoint could not be written", extra={"seq": record.seq})
 
     async def rollback(self) -> None:
-        await self.session.rollback()
+        if self._session is not None:
+            await self._session.rollback()
         denied = [e for e in self.audit_entries if e.outcome is AuditOutcome.denied]
         self.events, self.audit_entries = [], []
         if denied:
@@ -181,4 +192,5 @@ class UnitOfWork:
                 await asyncio.shield(in_flight)
         if exc_type is not None and not self._committed:
             await self.rollback()
-        await self.session.close()
+        if self._session is not None:
+            await self._session.close()

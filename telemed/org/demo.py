@@ -68,7 +68,7 @@ def _logins(county: DemoCounty) -> list[DemoLogin]:
 
 async def seed_demo_county(ctx: AppContext, *, seed: int = 2026, patients: int = 3000) -> DemoSummary:
     county = build_demo_county(seed, patients=patients, today=DEMO_TODAY)
-    async with UnitOfWork(ctx, ctx.db.session(), SYSTEM_ACTOR) as uow:
+    async with UnitOfWork(ctx, ctx.db.session, SYSTEM_ACTOR) as uow:
         session = uow.session
         existing = await session.scalar(select(Region.id).where(Region.code == county.regions[0].code))
         if existing is not None:

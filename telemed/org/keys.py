@@ -19,7 +19,7 @@ async def rotate_patient_keys(ctx: AppContext, *, batch: int = 500) -> int:
     """
     cipher, changed = ctx.cipher, 0
     while True:
-        async with UnitOfWork(ctx, ctx.db.session(), SYSTEM_ACTOR) as uow:
+        async with UnitOfWork(ctx, ctx.db.session, SYSTEM_ACTOR) as uow:
             rows = (
                 await uow.session.scalars(
                     select(Patient).where(Patient.key_version != cipher.current_version).limit(batch)

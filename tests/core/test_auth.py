@@ -6,8 +6,10 @@ import asyncio
 import datetime as dt
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from telemed.core.auth import AuthSession, UserAccount
 from telemed.core.security import password_problems
@@ -95,6 +97,28 @@ async def test_logout_revokes_the_token_at_once(client: httpx.AsyncClient, commu
     after = await client.get("/api/v1/me", headers=headers)
     assert after.status_code == 401
     assert after.json()["code"] == "session_ended"
+
+
+async def test_a_session_checked_a_moment_ago_is_not_looked_up_again(
+    app: FastAPI, client: httpx.AsyncClient, community: Community, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first request of a token reads its session and account; the next ones, within the cache's second,
+    open no database session at all for it (a STOW-RS burst, a viewer scrolling a series)."""
+    db = app.state.ctx.db
+    opened: list[str] = []
+    read_session = db.read_session
+
+    def counting() -> AsyncSession:
+        opened.append("read")
+        return read_session()
+
+    monkeypatch.setattr(db, "read_session", counting)
+    headers = await community.login(client, "vd_a1")
+    opened.clear()
+    assert (await client.get("/api/v1/me", headers=headers)).status_code == 200
+    first = len(opened)
+    assert (await client.get("/api/v1/me", headers=headers)).status_code == 200
+    assert len(opened) - first == first - 1
 
 
 async def test_disabling_an_account_ends_its_sessions(client: httpx.AsyncClient, community: Community) -> None:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import event, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from telemed.core.audit import (
@@ -141,7 +142,7 @@ async def test_a_unit_of_work_does_not_end_before_the_transaction_its_cancelled_
     started = asyncio.Event()
 
     async def request() -> None:
-        async with UnitOfWork(ctx, ctx.db.session(), ACTOR) as uow:
+        async with UnitOfWork(ctx, ctx.db.session, ACTOR) as uow:
 
             def work(session: Session) -> int:
                 uow.audit(AuditEntry(action=AuditAction.create, resource_type="test", resource_id="left"))
@@ -196,7 +197,7 @@ async def test_work_that_raises_a_base_exception_fails_its_caller_only(db: Datab
 async def test_a_unit_of_work_drops_what_a_failed_transaction_recorded(app: FastAPI) -> None:
     """Events and audit entries recorded by the work of a transaction that failed are not committed later."""
     ctx = app.state.ctx
-    async with UnitOfWork(ctx, ctx.db.session(), ACTOR) as uow:
+    async with UnitOfWork(ctx, ctx.db.session, ACTOR) as uow:
         uow.audit(AuditEntry(action=AuditAction.query, resource_type="test", resource_id="before"))
 
         def work(session: Session) -> int:
@@ -211,3 +212,29 @@ async def test_a_unit_of_work_drops_what_a_failed_transaction_recorded(app: Fast
     async with ctx.db.read_session() as session:
         resources = (await session.scalars(select(AuditRecord.resource_id).order_by(AuditRecord.seq))).all()
     assert [r for r in resources if r in ("before", "rolled back", "instead")] == ["before", "instead"]
+
+
+async def test_a_unit_of_work_opens_its_own_session_only_when_it_is_used(app: FastAPI) -> None:
+    """A unit whose writes all go through ``commit_work`` (image ingest) never makes a session; one that reads or
+    changes models through ``uow.session`` makes one, once, and closes it at the end."""
+    ctx = app.state.ctx
+    made: list[AsyncSession] = []
+
+    def sessions() -> AsyncSession:
+        made.append(ctx.db.session())
+        return made[-1]
+
+    async with UnitOfWork(ctx, sessions, ACTOR) as uow:
+        uow.audit(AuditEntry(action=AuditAction.create, resource_type="test", resource_id="by commit_work"))
+        assert await uow.commit_work(lambda session: 7) == 7
+    assert made == []
+
+    async with UnitOfWork(ctx, sessions, ACTOR) as uow:
+        assert uow.session is uow.session
+        uow.audit(AuditEntry(action=AuditAction.create, resource_type="test", resource_id="by commit"))
+        await uow.commit()
+    assert len(made) == 1
+
+    async with ctx.db.read_session() as session:
+        resources = (await session.scalars(select(AuditRecord.resource_id).order_by(AuditRecord.seq))).all()
+    assert [r for r in resources if r and r.startswith("by ")] == ["by commit_work", "by commit"]
