@@ -27,9 +27,16 @@ async def get_ctx(request: Request) -> AppContext:
 Ctx = Annotated[AppContext, Depends(get_ctx)]
 
 
-async def get_optional_principal(ctx: Ctx, token: Annotated[str | None, Depends(bearer_scheme)]) -> Principal | None:
+# The two below read the context off the request rather than through ``Ctx``: they run on every request, and each
+# dependency FastAPI resolves costs time of its own.
+
+
+async def get_optional_principal(
+    request: Request, token: Annotated[str | None, Depends(bearer_scheme)]
+) -> Principal | None:
     if not token:
         return None
+    ctx: AppContext = request.app.state.ctx
     # A read transaction: on SQLite a write one (BEGIN IMMEDIATE) would queue every request behind the writer
     # just to look up its session; the rare last-seen update runs in a short transaction of its own.
     return await resolve_principal(ctx.db.read_session, ctx.signer, ctx.settings, token)
@@ -60,8 +67,9 @@ def client_ip(request: Request) -> str | None:
 
 
 async def get_uow(
-    request: Request, ctx: Ctx, principal: Annotated[Principal | None, Depends(get_optional_principal)]
+    request: Request, principal: Annotated[Principal | None, Depends(get_optional_principal)]
 ) -> AsyncIterator[UnitOfWork]:
+    ctx: AppContext = request.app.state.ctx
     actor = AuditActor(
         user_id=str(principal.user_id) if principal else None,
         role=principal.role.value if principal else None,
