@@ -28,7 +28,7 @@ from typing import Any, Final, Generic, TypeVar, cast
 from sqlalchemy import JSON, DateTime, Engine, MetaData, event, make_url
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -92,6 +92,8 @@ class _Compiled:
     #: Bind parameter names in the order the DBAPI takes them (positional paramstyles), with their processors and,
     #: for a value written into the statement itself (``.where(c.id == 1)``), that value.
     binds: tuple[tuple[str, Callable[[Any], Any] | None, Any], ...]
+    #: The names of ``binds``, in their order.
+    names: tuple[str, ...]
     positional: bool
     #: Python-side column defaults SQLAlchemy would fill in for the columns not given.
     defaults: tuple[tuple[str, Callable[[], Any]], ...]
@@ -140,14 +142,14 @@ class Prepared:
         per-execution cost is shared by every row."""
         if len(parameter_sets) == 1:
             return self.rows(session, parameter_sets[0])
-        connection = session.connection()
+        connection = _connection(session)
         statement = cast(Executable, self._statement(connection.dialect))  # INSERT, UPDATE or SELECT: executable
         result = connection.execute(statement, list(parameter_sets))
         return result.all() if result.returns_rows else []
 
     def rows(self, session: Session, parameters: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """Run the statement in ``session``'s transaction; the rows it returns (RETURNING or SELECT), processed."""
-        connection = session.connection()
+        connection = _connection(session)
         dialect = connection.dialect
         key = (dialect.name, frozenset(parameters))
         compiled = self._compiled.get(key)
@@ -156,11 +158,11 @@ class Prepared:
         values = dict(parameters)
         for name, default in compiled.defaults:
             values[name] = default()
-        bound: dict[str, Any] = {}
+        ordered: list[Any] = []
         for name, process, constant in compiled.binds:
             value = values[name] if constant is _GIVEN else constant
-            bound[name] = value if process is None else process(value)
-        arguments: Any = tuple(bound[name] for name, _, _ in compiled.binds) if compiled.positional else bound
+            ordered.append(value if process is None else process(value))
+        arguments: Any = tuple(ordered) if compiled.positional else dict(zip(compiled.names, ordered, strict=True))
         cursor = connection.connection.cursor()
         try:
             cursor.execute(compiled.sql, arguments)
@@ -211,7 +213,18 @@ class Prepared:
         results = None
         if returned:
             results = tuple(column.type.dialect_impl(dialect).result_processor(dialect, None) for column in returned)
-        return _Compiled(compiled.string, binds, dialect.positional, tuple(defaults), results)
+        names_in_order = tuple(name for name, _, _ in binds)
+        return _Compiled(compiled.string, binds, names_in_order, dialect.positional, tuple(defaults), results)
+
+
+#: ``Session.info`` key of the connection of the session's transaction, where its owner put it there
+#: (``_SqliteWriter``): ``Session.connection()`` costs a few dozen microseconds each time it is asked.
+_CONNECTION: Final = "telemed.connection"
+
+
+def _connection(session: Session) -> Connection:
+    known = session.info.get(_CONNECTION)
+    return known if known is not None else session.connection()
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -228,10 +241,16 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        if conn.get_execution_options().get(READ_ONLY):
-            conn.exec_driver_sql("BEGIN")
-        else:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # On the driver's own cursor: every transaction starts here, and exec_driver_sql costs several times
+        # what SQLite does for it. A failure (the database locked beyond busy_timeout) comes as SQLAlchemy's.
+        statement = "BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE"
+        cursor = conn.connection.cursor()
+        try:
+            cursor.execute(statement)
+        except conn.dialect.loaded_dbapi.Error as error:
+            raise DBAPIError.instance(statement, (), error, conn.dialect.loaded_dbapi.Error) from error
+        finally:
+            cursor.close()
 
 
 def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
@@ -398,6 +417,7 @@ class _SqliteWriter:
         results: list[tuple[Any, BaseException | None]] = []
         try:
             with self._sessions() as session, session.begin():
+                session.info[_CONNECTION] = session.connection()  # one transaction, one connection: ask once
                 for job in group:
                     try:
                         with contextlib.nullcontext() if alone else session.begin_nested():

@@ -9,12 +9,17 @@ what became of its transaction. The audit trail is the table written here, as ev
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import event, func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -27,7 +32,7 @@ from telemed.core.audit import (
     append_audit_sync,
     verify_chain,
 )
-from telemed.core.db import Database
+from telemed.core.db import READ_ONLY, Database, _configure_sqlite
 from telemed.core.uow import UnitOfWork
 
 KEY = b"k" * 32
@@ -238,3 +243,29 @@ async def test_a_unit_of_work_opens_its_own_session_only_when_it_is_used(app: Fa
     async with ctx.db.read_session() as session:
         resources = (await session.scalars(select(AuditRecord.resource_id).order_by(AuditRecord.seq))).all()
     assert [r for r in resources if r and r.startswith("by ")] == ["by commit_work", "by commit"]
+
+
+def test_a_sqlite_transaction_that_cannot_begin_fails_as_sqlalchemys_error(tmp_path: Path) -> None:
+    """``BEGIN IMMEDIATE`` runs on the driver's cursor; a database locked beyond the busy timeout still comes as
+    SQLAlchemy's ``OperationalError``, and a read transaction (plain ``BEGIN``) is not held up by the lock."""
+    path = tmp_path / "locked.db"
+    engine = create_sync_engine(f"sqlite:///{path}")
+    _configure_sqlite(engine)
+
+    @event.listens_for(engine, "connect")
+    def _short_wait(dbapi_connection: Any, _record: Any) -> None:  # after the 30 s of _configure_sqlite
+        dbapi_connection.execute("PRAGMA busy_timeout=50")
+
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE t (a INTEGER)")
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(OperationalError, match="locked"), engine.begin() as connection:
+            connection.exec_driver_sql("INSERT INTO t VALUES (1)")
+        reader = engine.execution_options(**{READ_ONLY: True})
+        with reader.begin() as connection:
+            assert connection.exec_driver_sql("SELECT count(*) FROM t").scalar() == 0
+    finally:
+        holder.close()
+        engine.dispose()
