@@ -9,7 +9,7 @@ from imaging.export_router import router as export_router
 from imaging.fhir import router as fhir_router
 from imaging.reading import REPORT_SIGNED, on_study_routed
 from imaging.reading_router import router as reading_router
-from imaging.router import api, dicomweb, wado_uri
+from imaging.router import api, dicomweb, stow_routes, wado_uri
 from imaging.stable import run_stable_monitor
 from imaging.web.pages import router as viewer_pages
 from telemed.core.db import Base
@@ -20,6 +20,7 @@ plugin = DomainPlugin(
     title_zh="远程影像",
     title_en="Imaging",
     routers=(dicomweb, wado_uri, api, reading_router, export_router, fhir_router, viewer_pages),
+    hot_routes=stow_routes,
     nav_links=(
         NavLink(
             "/imaging/viewer",

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response, Security
 from fastapi.responses import StreamingResponse
 
 from imaging import qido, service, wado
@@ -21,8 +21,16 @@ from imaging.ingest import Outcome
 from imaging.repository import StoredInstance
 from imaging.schemas import DicomNodeCreate, DicomNodeRead
 from telemed.core.auth import Principal, Role
-from telemed.core.deps import CurrentPrincipal, UoW, require_roles
+from telemed.core.deps import (
+    CurrentPrincipal,
+    UoW,
+    bearer_scheme,
+    current_principal,
+    request_unit_of_work,
+    require_roles,
+)
 from telemed.core.errors import ProblemError
+from telemed.core.plugins import HotRoute
 from telemed.core.storage import BlobNotFound, BlobStorage
 from telemed.core.uow import UnitOfWork
 
@@ -87,26 +95,41 @@ def stow_response(outcomes: list[Outcome], root: str) -> tuple[int, dict[str, An
     return status, dict(sorted(body.items()))
 
 
-async def _stow(uow: UnitOfWork, principal: Principal, request: Request, study_uid: str | None) -> Response:
-    result = await service.store_instances(
-        uow,
-        principal=principal,
-        body=request.stream(),
-        content_type=request.headers.get("content-type", ""),
-        study_uid=study_uid,
-    )
+async def stow(request: Request) -> Response:
+    """``POST /dicomweb/studies[/{study_uid}]``, served as a hot route (``stow_routes``): every STOW-RS request
+    comes here without FastAPI's dependency resolution, so the principal and the unit of work are made here."""
+    principal = await current_principal(request)
+    async with request_unit_of_work(request, principal) as uow:
+        result = await service.store_instances(
+            uow,
+            principal=principal,
+            body=request.stream(),
+            content_type=request.headers.get("content-type", ""),
+            study_uid=request.path_params.get("study_uid"),
+        )
     status, body = stow_response(result.outcomes, dicomweb_root(request))
     return _json(body, status=status)
 
 
-@dicomweb.post("/studies", response_class=Response, summary="STOW-RS: store instances (PS3.18 §10.5)")
-async def store_instances(uow: UoW, principal: CurrentPrincipal, request: Request) -> Response:
-    return await _stow(uow, principal, request, None)
+#: The STOW-RS routes as the app matches them, before all others (``DomainPlugin.hot_routes``).
+stow_routes: Final = (
+    HotRoute(f"{DICOMWEB_PREFIX}/studies", stow, methods=["POST"]),
+    HotRoute(f"{DICOMWEB_PREFIX}/studies/{{study_uid}}", stow, methods=["POST"]),
+)
+# The same two on the router, for the API document (the hot routes above are matched first).
+_BEARER: Final = [Security(bearer_scheme)]
 
 
-@dicomweb.post("/studies/{study_uid}", response_class=Response, summary="STOW-RS into one study")
-async def store_study_instances(uow: UoW, principal: CurrentPrincipal, request: Request, study_uid: str) -> Response:
-    return await _stow(uow, principal, request, study_uid)
+@dicomweb.post(
+    "/studies", response_class=Response, dependencies=_BEARER, summary="STOW-RS: store instances (PS3.18 §10.5)"
+)
+async def store_instances(request: Request) -> Response:
+    return await stow(request)
+
+
+@dicomweb.post("/studies/{study_uid}", response_class=Response, dependencies=_BEARER, summary="STOW-RS into one study")
+async def store_study_instances(request: Request, study_uid: str) -> Response:
+    return await stow(request)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,12 +1,15 @@
-"""FastAPI dependency aliases: ``Ctx``, ``UoW``, ``CurrentPrincipal``, ``require_roles``."""
+"""FastAPI dependency aliases: ``Ctx``, ``UoW``, ``CurrentPrincipal``, ``require_roles``; and, for a hot route
+that FastAPI resolves nothing for, the same as plain functions: ``current_principal``, ``request_unit_of_work``."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
 from telemed.core.audit import AuditActor
 from telemed.core.auth import Principal, Role, resolve_principal
@@ -48,6 +51,21 @@ async def get_principal(principal: Annotated[Principal | None, Depends(get_optio
     return principal
 
 
+def bearer_token(request: Request) -> str | None:
+    """The bearer token of the request, read as ``bearer_scheme`` reads it (None when there is none)."""
+    authorization = request.headers.get("Authorization")
+    scheme, token = get_authorization_scheme_param(authorization)
+    if not authorization or scheme.lower() != "bearer":
+        return None
+    return token
+
+
+async def current_principal(request: Request) -> Principal:
+    """``CurrentPrincipal`` for an endpoint that FastAPI does not resolve dependencies for (a hot route, see
+    ``DomainPlugin.hot_routes``): the same checks, the same 401."""
+    return await get_principal(await get_optional_principal(request, bearer_token(request)))
+
+
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 
 
@@ -66,9 +84,10 @@ def client_ip(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-async def get_uow(
-    request: Request, principal: Annotated[Principal | None, Depends(get_optional_principal)]
-) -> AsyncIterator[UnitOfWork]:
+@contextlib.asynccontextmanager
+async def request_unit_of_work(request: Request, principal: Principal | None) -> AsyncIterator[UnitOfWork]:
+    """The request's unit of work, acting as ``principal``: committed when the block ends without an error (before
+    the response is sent), rolled back when it raises. ``UoW`` for endpoints; this for a hot route."""
     ctx: AppContext = request.app.state.ctx
     actor = AuditActor(
         user_id=str(principal.user_id) if principal else None,
@@ -81,6 +100,13 @@ async def get_uow(
         yield uow
         if not uow.committed:
             await uow.commit()
+
+
+async def get_uow(
+    request: Request, principal: Annotated[Principal | None, Depends(get_optional_principal)]
+) -> AsyncIterator[UnitOfWork]:
+    async with request_unit_of_work(request, principal) as uow:
+        yield uow
 
 
 #: Function scope: the unit of work commits when the endpoint returns, before the response is sent.

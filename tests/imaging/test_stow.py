@@ -22,6 +22,7 @@ from imaging.models import ImagingInstance, ImagingStudy
 from imaging.multipart import PartSource
 from telemed.core.audit import AuditHead, AuditRecord
 from telemed.core.config import Settings
+from telemed.core.plugins import HotRoute
 from tests.conftest import Community, free_port
 from tests.imaging.dicom_factory import copy_truncated, set_element_length
 from tests.imaging.helpers import count_blobs, count_rows, first, make_ct_slice, new_uid, sequence, small_study, stow
@@ -252,6 +253,38 @@ async def test_stow_into_a_study_refuses_instances_of_another_study(
     response = await stow(client, headers, paths, study_uid=new_uid())
     assert response.status_code == 409
     assert list(failures(response.json()).values()) == [FailureReason.study_mismatch]
+
+
+async def test_stow_is_a_hot_route_that_signs_in_as_every_endpoint_does(
+    app: FastAPI, client: httpx.AsyncClient, community: Community, tmp_path: Path
+) -> None:
+    """STOW-RS is matched before every router and resolves no FastAPI dependency; it refuses what
+    ``CurrentPrincipal`` refuses, is counted in the request metrics under its route, and stays documented."""
+    assert [(route.path, route.methods) for route in app.router.routes[:2] if isinstance(route, HotRoute)] == [
+        ("/dicomweb/studies", {"POST"}),
+        ("/dicomweb/studies/{study_uid}", {"POST"}),
+    ]
+    paths = small_study(tmp_path, 1)
+    for headers in ({"Authorization": "Basic dmRfYTE6cGFzc3dvcmQ="}, {"Authorization": "Bearer forged"}):
+        refused = await stow(client, headers, paths)
+        assert refused.status_code == 401
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert refused.headers["www-authenticate"] == "Bearer"
+    assert await count_rows(app.state.ctx) == 0
+    user = await community.login(client, "vd_a1")
+    stored = await stow(client, user, paths)
+    assert stored.status_code == 200
+    study_uid = first(sequence(stored.json(), REFERENCED)[0], "00081190").split("/studies/")[1].split("/")[0]
+    again = await stow(client, user, paths, study_uid=study_uid)  # the same bytes again: a success
+    assert again.status_code == 200
+
+    metrics = (await client.get("/metrics")).text
+    assert 'telemed_http_requests_total{method="POST",route="/dicomweb/studies",status="200"}' in metrics
+    assert 'route="/dicomweb/studies/{study_uid}",status="200"' in metrics
+    assert 'route="/dicomweb/studies",status="401"' in metrics
+    documented = (await client.get("/openapi.json")).json()["paths"]
+    for path in ("/dicomweb/studies", "/dicomweb/studies/{study_uid}"):
+        assert documented[path]["post"]["security"] == [{"OAuth2PasswordBearer": []}]
 
 
 async def test_who_may_store_and_read(
