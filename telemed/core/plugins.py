@@ -45,8 +45,9 @@ class NavLink:
 
 class HotRoute(Route):
     """A plain Starlette route that the app matches before all of its routers: for the few requests a domain must
-    serve at the highest rate (image ingest). FastAPI's route matching and dependency resolution cost about a
-    millisecond of the event loop per request here, more than the rest of a STOW-RS request's work on it.
+    serve at the highest rate (image ingest). For STOW-RS, leaving out FastAPI's route matching and dependency
+    resolution took the event loop's share from about 4,600 Python calls per request to about 3,100, and its
+    CPU time per request down by about 0.7 ms here.
 
     Its endpoint takes the ``Request`` and does itself what dependencies would (``telemed.core.deps``:
     ``current_principal``, ``request_unit_of_work``). Errors are answered as everywhere (problem+json). It is not
