@@ -536,7 +536,11 @@ async def _write_blobs(storage: BlobStorage, items: Sequence[tuple[Received, str
                 return False
         return True
 
-    if not all(await asyncio.gather(*(write(item, key) for item, key in items))):
+    if len(items) == 1:  # one instance per request or association message: no tasks to gather
+        written = [await write(*items[0])]
+    else:
+        written = await asyncio.gather(*(write(item, key) for item, key in items))
+    if not all(written):
         raise BlobsNotWritten()
 
 
