@@ -28,7 +28,7 @@ from typing import Any, Final, Generic, TypeVar, cast
 from sqlalchemy import JSON, DateTime, Engine, MetaData, event, make_url
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -142,14 +142,14 @@ class Prepared:
         per-execution cost is shared by every row."""
         if len(parameter_sets) == 1:
             return self.rows(session, parameter_sets[0])
-        connection = _connection(session)
+        connection = session.connection()
         statement = cast(Executable, self._statement(connection.dialect))  # INSERT, UPDATE or SELECT: executable
         result = connection.execute(statement, list(parameter_sets))
         return result.all() if result.returns_rows else []
 
     def rows(self, session: Session, parameters: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """Run the statement in ``session``'s transaction; the rows it returns (RETURNING or SELECT), processed."""
-        connection = _connection(session)
+        connection = session.connection()
         dialect = connection.dialect
         key = (dialect.name, frozenset(parameters))
         compiled = self._compiled.get(key)
@@ -215,16 +215,6 @@ class Prepared:
             results = tuple(column.type.dialect_impl(dialect).result_processor(dialect, None) for column in returned)
         names_in_order = tuple(name for name, _, _ in binds)
         return _Compiled(compiled.string, binds, names_in_order, dialect.positional, tuple(defaults), results)
-
-
-#: ``Session.info`` key of the connection of the session's transaction, where its owner put it there
-#: (``_SqliteWriter``): ``Session.connection()`` costs a few dozen microseconds each time it is asked.
-_CONNECTION: Final = "telemed.connection"
-
-
-def _connection(session: Session) -> Connection:
-    known = session.info.get(_CONNECTION)
-    return known if known is not None else session.connection()
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -417,7 +407,6 @@ class _SqliteWriter:
         results: list[tuple[Any, BaseException | None]] = []
         try:
             with self._sessions() as session, session.begin():
-                session.info[_CONNECTION] = session.connection()  # one transaction, one connection: ask once
                 for job in group:
                     try:
                         with contextlib.nullcontext() if alone else session.begin_nested():

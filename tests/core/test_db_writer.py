@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import Table, event, func, insert, select
 from sqlalchemy import create_engine as create_sync_engine
-from sqlalchemy import event, func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -32,7 +33,8 @@ from telemed.core.audit import (
     append_audit_sync,
     verify_chain,
 )
-from telemed.core.db import READ_ONLY, Database, _configure_sqlite
+from telemed.core.db import READ_ONLY, Database, Prepared, _configure_sqlite, utcnow
+from telemed.core.events import OutboxRecord
 from telemed.core.uow import UnitOfWork
 
 KEY = b"k" * 32
@@ -89,6 +91,34 @@ async def test_concurrent_writes_keep_apart_and_a_failing_one_leaves_nothing(db:
     stored = await trail(db)  # the chain is whole: r05's record and head move were rolled back together
     assert sorted(stored) == sorted(name for name in names if name != "r05")
     assert sorted(r for r in results if isinstance(r, int)) == list(range(1, 12))
+
+
+async def test_a_failing_write_leaves_nothing_when_its_first_statement_is_a_prepared_one(db: Database) -> None:
+    """Each transaction of a group is in its savepoint from its first statement on, a :class:`Prepared` one too
+    (the study upsert of an ingest batch, before ``ScopeNeeded`` sends it back to be staged again)."""
+    outbox = cast(Table, OutboxRecord.__table__)
+    add = Prepared.of(insert(outbox))
+
+    def work(name: str) -> Callable[[Session], str]:
+        def run(session: Session) -> str:
+            add.rows(session, {
+                "event_id": uuid.uuid4(), "name": name, "payload": {}, "audience": {"facilities": []},
+                "occurred_at": utcnow(), "published_at": None, "claimed_at": None,
+            })  # fmt: skip
+            if name == "test.fails":
+                raise ValueError("fails after its first statement")
+            return name
+
+        return run
+
+    names = ["test.a", "test.b", "test.fails", "test.c", "test.d"]
+    results = await asyncio.gather(*(db.submit_write(work(name)) for name in names), return_exceptions=True)
+    assert [name for name, result in zip(names, results, strict=True) if isinstance(result, Exception)] == [
+        "test.fails"
+    ]
+    async with db.read_session() as session:
+        stored = sorted((await session.scalars(select(OutboxRecord.name))).all())
+    assert stored == ["test.a", "test.b", "test.c", "test.d"]
 
 
 async def test_writes_that_queue_meanwhile_are_committed_together_on_sqlite(db: Database) -> None:
