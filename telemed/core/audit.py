@@ -145,14 +145,13 @@ def append_audit_sync(
     write of every request, so its three statements (read the head, insert the records, move the head) are kept
     as cheap as they can be.
     """
-    connection = session.connection()
     heads = (_PREPARED_HEAD_FOR_UPDATE if lock else _PREPARED_HEAD).rows(session, {})
     head = heads[0] if heads else None
     if head is None and lock:
         # The first records ever: concurrent writers would all find no head to lock and all write record 1.
         # Make the head (the first one wins), then lock it like any other time.
-        connection.execute(_FIRST_HEAD)
-        head = connection.execute(_HEAD_FOR_UPDATE).one()
+        session.execute(_FIRST_HEAD)
+        head = session.execute(_HEAD_FOR_UPDATE).one()
     last_seq, last_hash = (head[0], head[1]) if head is not None else (0, GENESIS)
     records: list[AuditRecord] = []
     now = utcnow()
@@ -187,7 +186,7 @@ def append_audit_sync(
     if head is not None:
         _PREPARED_MOVE_HEAD.rows(session, moved)
     else:
-        connection.execute(_NEW_HEAD, moved)
+        session.execute(_NEW_HEAD, moved)
     return records
 
 

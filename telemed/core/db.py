@@ -28,7 +28,7 @@ from typing import Any, Final, Generic, TypeVar, cast
 from sqlalchemy import JSON, DateTime, Engine, MetaData, event, make_url
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -163,14 +163,7 @@ class Prepared:
             value = values[name] if constant is _GIVEN else constant
             ordered.append(value if process is None else process(value))
         arguments: Any = tuple(ordered) if compiled.positional else dict(zip(compiled.names, ordered, strict=True))
-        cursor = connection.connection.cursor()
-        try:
-            cursor.execute(compiled.sql, arguments)
-            fetched = cursor.fetchall() if compiled.results is not None else []
-        except dialect.loaded_dbapi.Error as error:
-            raise DBAPIError.instance(compiled.sql, arguments, error, dialect.loaded_dbapi.Error) from error
-        finally:
-            cursor.close()
+        fetched = _on_driver(connection, compiled.sql, arguments, fetch=compiled.results is not None)
         if not compiled.results or not any(compiled.results):
             return [tuple(row) for row in fetched]
         processors = compiled.results
@@ -217,6 +210,20 @@ class Prepared:
         return _Compiled(compiled.string, binds, names_in_order, dialect.positional, tuple(defaults), results)
 
 
+def _on_driver(connection: Connection, sql: str, arguments: Any, *, fetch: bool) -> list[Any]:
+    """Execute ``sql`` on a DBAPI cursor of ``connection``: the rows (when ``fetch``); a database error comes as
+    SQLAlchemy's (``IntegrityError``, ``OperationalError`` ...), as ``Connection.execute`` would raise it."""
+    dbapi_error = connection.dialect.loaded_dbapi.Error
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(sql, arguments)
+        return list(cursor.fetchall()) if fetch else []
+    except dbapi_error as error:
+        raise DBAPIError.instance(sql, arguments, error, dbapi_error) from error
+    finally:
+        cursor.close()
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -234,13 +241,7 @@ def _configure_sqlite(engine: Engine) -> None:
         # On the driver's own cursor: every transaction starts here, and exec_driver_sql costs several times
         # what SQLite does for it. A failure (the database locked beyond busy_timeout) comes as SQLAlchemy's.
         statement = "BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE"
-        cursor = conn.connection.cursor()
-        try:
-            cursor.execute(statement)
-        except conn.dialect.loaded_dbapi.Error as error:
-            raise DBAPIError.instance(statement, (), error, conn.dialect.loaded_dbapi.Error) from error
-        finally:
-            cursor.close()
+        _on_driver(conn, statement, (), fetch=False)
 
 
 def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
