@@ -10,7 +10,8 @@ each server's CPU time per instance, our ratio and the goal beside each figure (
 request streams in. A trivial endpoint of ours (``/healthz``) is timed in the same run as an anchor for the
 machine's speed, and each ingest path is also run against a server that stores nothing (``ceilings.py``: uvicorn
 reading the body, a pynetdicom SCP answering Success), printed as the "no-op ceiling" column: what any ingest on
-these parts could reach here.
+these parts could reach here; and against a "durable floor" (``ceilings.py`` again), which does inline only the
+work the issue requires of each instance (header, hash, fsynced file, SQLite index row): what that work costs here.
 
 Every loop has a count and a wall-clock cap; both servers are stopped and the temp folder removed at the end.
 Needs: ``apt-get install -y orthanc orthanc-dicomweb dcmtk`` (the script installs nothing; it says what is
@@ -73,6 +74,15 @@ MEMORY_TARGET_MB: Final = 300
 #: The unit of the rows that give the server's CPU time per stored instance (user + system, all its threads).
 CPU_UNIT: Final = "ms CPU"
 KB: Final = 1024 / 1e6  # /proc reports kB (KiB); figures are printed in decimal MB like the request sizes
+#: The servers of ceilings.py each STOW-RS measurement also runs against, with what they do.
+_STOW_CEILINGS: Final = (
+    ("stow", "uvicorn app that only reads the body"),
+    ("stow-floor", "durable floor: header, hash, fsynced file, SQLite row, inline"),
+)
+_CSTORE_CEILINGS: Final = (
+    ("cstore", "pynetdicom SCP whose handler only answers Success"),
+    ("cstore-floor", "durable floor: pynetdicom SCP, header, hash, fsynced file, SQLite row"),
+)
 SCENARIOS: Final = ("stow1", "stow4", "stowbatch", "cstore", "metadata", "memory")
 SELFCHECKS: Final = ("orthanc-selfcheck", "telemed-selfcheck")
 
@@ -146,6 +156,10 @@ class Row:
     @property
     def ceiling(self) -> float | None:
         return self._median("ceiling")
+
+    @property
+    def floor(self) -> float | None:
+        return self._median("floor")
 
     def ratio(self) -> float | None:
         orthanc, ours = self.orthanc, self.ours
@@ -427,16 +441,17 @@ class Bench:
         self.factory = InstanceFactory(128)
         self.targets: list[Target] = []
         self.unavailable: dict[str, str] = {}
-        #: The no-op servers of ceilings.py, started when first needed (see :meth:`ceiling`).
+        #: The servers of ceilings.py (no-op and durable floor), started when first needed (see :meth:`ceiling`).
         self.ceilings: dict[str, CeilingServer | None] = {}
 
     def ceiling(self, kind: str) -> CeilingServer | None:
-        """The no-op ``stow`` or ``cstore`` server, or None when it would not start (said once)."""
+        """The ``stow``, ``cstore``, ``stow-floor`` or ``cstore-floor`` server of ceilings.py, or None when it
+        would not start (said once)."""
         if kind not in self.ceilings:
             try:
                 self.ceilings[kind] = CeilingServer(kind, self.workdir / "ceiling")
             except RuntimeError as exc:
-                say(f"  ceiling : n/a ({exc})")
+                say(f"  {'floor' if kind.endswith('-floor') else 'ceiling'} : n/a ({exc})")
                 self.ceilings[kind] = None
         return self.ceilings[kind]
 
@@ -493,13 +508,16 @@ class Bench:
                     self.report.problems.append(f"{scenario} on {target.name}: {result.failed} failed")
                 row.record(target.name, result.rate)
                 cpu.record(target.name, result.cpu_seconds * 1000 / result.stored)
-            if (ceiling := self.ceiling("stow")) is not None:
+            for kind, what in _STOW_CEILINGS:
+                if (ceiling := self.ceiling(kind)) is None:
+                    continue
                 study = self.study_for(ceiling, f"{scenario}-{round_number}", count)
                 result = stow(ceiling, study, per_request=per_request, clients=clients, cap=self.sizes.ingest_cap)
                 shutil.rmtree(study.files[0].parent, ignore_errors=True)
-                say(f"  ceiling : {result.describe()} (uvicorn app that only reads the body)")
-                row.record(ceiling.name, result.rate)
-                cpu.record(ceiling.name, result.cpu_seconds * 1000 / max(result.stored, 1))
+                say(f"  {ceiling.name:8}: {result.describe()} ({what})")
+                if result.stored:
+                    row.record(ceiling.name, result.rate)
+                    cpu.record(ceiling.name, result.cpu_seconds * 1000 / result.stored)
 
     # ---- scenarios
 
@@ -585,16 +603,23 @@ class Bench:
                 ack.record(target.name, acknowledged / run.seconds)
                 indexed.record(target.name, stored / total)
                 cpu_row.record(target.name, cpu * 1000 / stored)
-            if (ceiling := self.ceiling("cstore")) is not None:
+            for kind, what in _CSTORE_CEILINGS:
+                if (ceiling := self.ceiling(kind)) is None:
+                    continue
                 study = self.study_for(ceiling, f"cstore-{round_number}", count)
+                cpu_before = cpu_seconds(ceiling.pid)
                 run = run_storescu(storescu, ceiling, study.files, timeout=self.sizes.ingest_cap)
+                cpu = cpu_seconds(ceiling.pid) - cpu_before
                 shutil.rmtree(study.files[0].parent, ignore_errors=True)
-                rate = count / run.seconds if run.returncode == 0 and not run.failures else None
+                succeeded = run.returncode == 0 and not run.failures
                 say(
-                    f"  ceiling : storescu done in {run.seconds:.2f} s (exit {run.returncode}) = "
-                    f"{count / run.seconds:.1f} inst/s (pynetdicom SCP whose handler only answers Success)"
+                    f"  {ceiling.name:8}: storescu done in {run.seconds:.2f} s (exit {run.returncode}, {run.failures}"
+                    f" failure lines) = {count / run.seconds:.1f} inst/s; server CPU {cpu * 1000 / count:.1f} ms/inst"
+                    f" ({what})"
                 )
-                ack.record(ceiling.name, rate)
+                if succeeded:
+                    ack.record(ceiling.name, count / run.seconds)
+                    cpu_row.record(ceiling.name, cpu * 1000 / count)
 
     def run_metadata(self) -> None:
         count = self.sizes.metadata_instances
@@ -780,8 +805,22 @@ def _value(value: float | None, unit: str) -> str:
     return f"{value:,.1f} {unit}" if value < 100 else f"{value:,.0f} {unit}"
 
 
+def _beside(value: float | None, row: Row) -> str:
+    """A ceiling's or the floor's figure, with its ratio to Orthanc's."""
+    if value is None:
+        return ""
+    text = _value(value, row.unit)
+    if row.orthanc:
+        ratio = value / row.orthanc if row.higher_is_better or row.unit == CPU_UNIT else row.orthanc / value
+        text += f" ({ratio:.2f}×)"
+    return text
+
+
 def print_table(report: Report, orthanc_label: str) -> None:
-    headers = ("measurement", orthanc_label, "telemed", "ratio", "goal", "verdict", "no-op ceiling (ratio)")
+    headers = (
+        "measurement", orthanc_label, "telemed", "ratio", "goal", "verdict", "no-op ceiling (ratio)",
+        "durable floor (ratio)",
+    )  # fmt: skip
     lines: list[tuple[str, ...]] = []
     for row in report.rows:
         ratio = row.ratio()
@@ -803,19 +842,16 @@ def print_table(report: Report, orthanc_label: str) -> None:
         if row.note:
             verdict += f" ({row.note})"
         orthanc = "—" if row.unit == "MB" and row.orthanc is None else _value(row.orthanc, row.unit)
-        ceiling = ""
-        if row.ceiling is not None:
-            ceiling = _value(row.ceiling, row.unit)
-            if row.orthanc:
-                ceiling += f" ({row.ceiling / row.orthanc:.2f}×)"
-        lines.append((row.scenario, orthanc, _value(row.ours, row.unit), ratio_text, row.target, verdict, ceiling))
+        ours = _value(row.ours, row.unit)
+        beside = (_beside(row.ceiling, row), _beside(row.floor, row))
+        lines.append((row.scenario, orthanc, ours, ratio_text, row.target, verdict, *beside))
     widths = [max(len(line[i]) for line in [headers, *lines]) for i in range(len(headers))]
     say("")
     say("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     say("  ".join("-" * w for w in widths))
     for line in lines:
         cells = (
-            cell.ljust(w) if i in (0, 4, 5, 6) else cell.rjust(w)
+            cell.ljust(w) if i in (0, 4, 5, 6, 7) else cell.rjust(w)
             for i, (cell, w) in enumerate(zip(line, widths, strict=True))
         )
         say("  ".join(cells).rstrip())

@@ -417,25 +417,28 @@ class OrthancServer(Target):
 
 
 class CeilingServer(Target):
-    """A server of ``loadtests/ceilings.py`` that stores nothing: the runtime's own ceiling for STOW or C-STORE."""
-
-    name = "ceiling"
+    """A server of ``loadtests/ceilings.py``: ``stow`` or ``cstore`` stores nothing (the runtime's own ceiling),
+    ``stow-floor`` or ``cstore-floor`` does only the ingest work the issue requires (the durable floor)."""
 
     def __init__(self, kind: str, workdir: Path) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         (port,) = free_ports(1)
         self.kind = kind
-        self.label = f"no-op {kind}"
+        self.floor = kind.endswith("-floor")
+        self.name = "floor" if self.floor else "ceiling"
+        self.label = f"durable floor {kind.removesuffix('-floor')}" if self.floor else f"no-op {kind}"
         self.base_url = f"http://{LOOPBACK}:{port}"
         self.dicomweb_url = self.base_url
         self.dicom_port = port
         self.called_ae = "CEILING"
         log_path = workdir / f"ceiling-{kind}.log"
         command = [sys.executable, str(REPO_ROOT / "loadtests" / "ceilings.py"), kind, str(port)]
+        if self.floor:
+            command.append(str(workdir / f"{kind}-data"))
         self.process: subprocess.Popen[bytes] | None = _spawn(command, log_path, cwd=REPO_ROOT)
         self.pid = self.process.pid
         try:
-            if kind == "stow":
+            if kind.startswith("stow"):
                 _wait_http(self.process, f"{self.base_url}/", log_path)
             else:
                 _wait_tcp(self.process, port, log_path)
