@@ -21,10 +21,10 @@ from sqlalchemy.orm import Session
 
 from telemed.core.audit import (
     CHECKPOINT_PREFIX,
+    Appended,
     AuditActor,
     AuditEntry,
     AuditOutcome,
-    AuditRecord,
     append_audit,
     append_audit_sync,
     checkpoint_document,
@@ -91,7 +91,7 @@ class UnitOfWork:
             raise
         await self._committed_with(events, records)
 
-    def _chain(self, session: Session, entries: list[AuditEntry]) -> list[AuditRecord]:
+    def _chain(self, session: Session, entries: list[AuditEntry]) -> list[Appended]:
         """Chain ``entries`` onto the trail in ``session``'s transaction (after the domain's own changes, so that
         their errors surface as themselves); a failure of the append itself refuses the request."""
         if not entries:
@@ -120,7 +120,7 @@ class UnitOfWork:
                 raise RuntimeError("commit_work: the unit's own session has changes; commit them with commit()")
             await session.rollback()
 
-        def run(sync: Session) -> tuple[T, list[DomainEvent], list[AuditRecord]]:
+        def run(sync: Session) -> tuple[T, list[DomainEvent], list[Appended]]:
             result = work(sync)
             events = list(self.events)
             sync.add_all([to_outbox(event) for event in events])
@@ -137,7 +137,7 @@ class UnitOfWork:
                 self._in_flight = None  # when the caller was cancelled it stays, for __aexit__ to wait on
 
     async def _finish_work(
-        self, transaction: asyncio.Future[tuple[T, list[DomainEvent], list[AuditRecord]]], marks: tuple[int, int]
+        self, transaction: asyncio.Future[tuple[T, list[DomainEvent], list[Appended]]], marks: tuple[int, int]
     ) -> T:
         """What follows a :meth:`commit_work` transaction, done once, whether or not its caller still waits."""
         try:
@@ -149,7 +149,7 @@ class UnitOfWork:
         await self._committed_with(events, records)
         return result
 
-    async def _committed_with(self, events: list[DomainEvent], records: list[AuditRecord]) -> None:
+    async def _committed_with(self, events: list[DomainEvent], records: list[Appended]) -> None:
         self._committed = True
         if events:
             if (
@@ -160,7 +160,7 @@ class UnitOfWork:
             self.ctx.relay.poke()
         await self._write_checkpoints(records)
 
-    async def _write_checkpoints(self, records: list[AuditRecord]) -> None:
+    async def _write_checkpoints(self, records: list[Appended]) -> None:
         every = self.ctx.settings.audit_checkpoint_every
         for record in records:
             if record.seq % every == 0:

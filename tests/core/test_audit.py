@@ -17,7 +17,15 @@ from fastapi import FastAPI
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
-from telemed.core.audit import AuditRecord, read_checkpoint, stored_checkpoints, verify_chain
+from telemed.core.audit import (
+    GENESIS,
+    AuditRecord,
+    canonical_record,
+    chain_hash,
+    read_checkpoint,
+    stored_checkpoints,
+    verify_chain,
+)
 from telemed.core.config import Settings
 from telemed.org.idcard import make_id_number
 from tests.conftest import Community, register
@@ -200,3 +208,29 @@ async def test_a_forged_checkpoint_is_refused(app: FastAPI, client: httpx.AsyncC
     await ctx.storage.put(f"{CHECKPOINT_PREFIX}999999999999.json", checkpoint_document(b"not-the-key", 2, "00" * 32))
     with pytest.raises(BadCheckpoint):
         await stored_checkpoints(ctx.storage, ctx.audit_key)
+
+
+def test_a_records_hash_covers_the_same_canonical_form_as_always() -> None:
+    """Trails written by earlier versions must still verify: the hashed form of a record (fields, UTC time,
+    Chinese text as is) is pinned here by a hash computed with the code that wrote the first trails."""
+    values = {
+        "seq": 7,
+        "ts": dt.datetime(2026, 11, 29, 8, 30, 15, 123456, tzinfo=dt.timezone(dt.timedelta(hours=8))),
+        "actor_user_id": "u-1",
+        "actor_role": "radiologist",
+        "actor_facility_id": None,
+        "action": "C",
+        "resource_type": "imaging_study",
+        "resource_id": "1.2.3",
+        "patient_ref": "张三",
+        "purpose": "treatment",
+        "outcome": "success",
+        "source_ip": "127.0.0.1",
+        "request_id": "r1",
+        "detail": {"stored": 2, "reasons": ["dicom.truncated"], "名": "李四"},
+    }
+    pinned = "657c16e570b7211bdf3713d545aa1036c3661c41fc6f92b9df54886208514e6c"
+    record = AuditRecord(**values, prev_hash=GENESIS, hash="")
+
+    assert chain_hash(b"k" * 32, GENESIS, record.canonical()) == pinned
+    assert chain_hash(b"k" * 32, GENESIS, canonical_record(values)) == pinned

@@ -18,7 +18,7 @@ from typing import Any, cast
 
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import Table, event, func, insert, select
+from sqlalchemy import Table, event, func, insert, make_url, select
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -212,6 +212,40 @@ async def test_a_write_alone_that_fails_leaves_nothing_and_the_next_one_goes_on(
         await db.write(appending("alone", fail=True))
     assert await db.write(appending("after")) == 1
     assert await trail(db) == ["after"]
+
+
+async def test_the_writer_keeps_its_connection_until_a_group_fails(db: Database) -> None:
+    """The writer thread's connection serves group after group; a group that fails (here its BEGIN IMMEDIATE,
+    the database locked by another process) lets it go, and the next group starts on a fresh one."""
+    writer = db._writer
+    if writer is None:
+        pytest.skip("PostgreSQL: each write is an ordinary transaction, no writer thread")
+    database = make_url(db.url).database
+    assert database
+
+    @event.listens_for(writer.engine, "connect")
+    def _short_wait(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute("PRAGMA busy_timeout=50")
+
+    assert await db.write(appending("first")) == 1
+    kept = writer._connection
+    assert kept is not None
+    assert await db.write(appending("second")) == 2
+    assert writer._connection is kept
+
+    holder = sqlite3.connect(database, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(OperationalError, match="locked"):
+            await db.write(appending("locked out"))
+        assert writer._connection is None
+        assert kept.closed
+    finally:
+        holder.close()
+    assert await db.write(appending("after")) == 3
+    assert writer._connection is not None
+    assert writer._connection is not kept
+    assert await trail(db) == ["first", "second", "after"]
 
 
 async def test_work_that_raises_a_base_exception_fails_its_caller_only(db: Database) -> None:
