@@ -54,6 +54,7 @@ from imaging.ingest import (
     refused,
     refused_file,
     store_batch,
+    store_blob_now,
 )
 from telemed.core.audit import AuditAction, AuditActor, AuditEntry
 from telemed.core.auth import Principal, Role
@@ -381,10 +382,12 @@ class DicomListener:
         except AttributeError:
             log.error("C-STORE data set was not received into a file")
             return _OUT_OF_RESOURCES
-        # The header is read here, in the association's own thread, rather than in another thread of the loop's
-        # pool: one hand-over fewer for every instance.
+        # The header is read and the file moved into storage here, in the association's own thread, rather than
+        # in threads of the loop's pool: two hand-overs fewer for every instance.
         try:
             read = _read_received(path, self.ctx.settings.default_dicom_charset)
+            if isinstance(read, Received):
+                read = store_blob_now(self.ctx.storage, read)
             outcome = self._call(store_received_file(self.ctx, read, node))
         except Exception:
             log.exception("C-STORE could not be stored")

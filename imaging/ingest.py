@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -99,6 +100,8 @@ class Received:
     size: int
     #: The DICOM JSON the index keeps (:func:`stored_document`), made with the header, outside the transaction.
     document: str
+    #: The blob key the file was already stored under, durably (:func:`store_blob_now`); None: not yet stored.
+    key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +187,19 @@ def receive_bytes(index: int, data: bytes, spool_dir: Path, *, default_charset: 
     sha256 = hashlib.sha256(data).hexdigest()
     document = stored_document(header)
     return Received(index, write_spool_file(spool_dir, data), header, sha256, len(data), document)
+
+
+def store_blob_now(storage: BlobStorage, item: Received) -> Received:
+    """Move ``item``'s file into storage durably in the calling thread, which may block (a DICOM association's
+    own): :func:`store_batch` then has no blob left to write, and its thread hop to a worker is saved. When the
+    move fails, ``item`` comes back as it was (its file where it was), for store_batch to try and to answer."""
+    key = new_blob_key(item.header)
+    try:
+        storage.put_file_blocking(key, item.path, move=True)
+    except Exception:
+        log.warning("moving a received file into storage failed; it is tried again", exc_info=True)
+        return item
+    return dataclasses.replace(item, key=key)
 
 
 def new_blob_key(header: InstanceHeader) -> str:
@@ -304,10 +320,13 @@ async def store_batch(
         else:
             outcomes.append(_duplicate(item))
     items = list(primaries.values())
-    copies = [item.path for item in received if primaries[item.header.sop_instance_uid] is not item]
-    keys = {uid: new_blob_key(item.header) for uid, item in primaries.items()}
+    copies = [item for item in received if primaries[item.header.sop_instance_uid] is not item]
+    #: Second copies stored before (store_blob_now): never indexed, so always deleted.
+    stored_copies = [item.key for item in copies if item.key is not None]
+    keys = {uid: item.key or new_blob_key(item.header) for uid, item in primaries.items()}
     storage = uow.ctx.storage
-    writes = asyncio.ensure_future(_write_blobs(storage, [(item, keys[uid]) for uid, item in primaries.items()]))
+    unwritten = [(item, keys[uid]) for uid, item in primaries.items() if item.key is None]
+    writes = asyncio.ensure_future(_write_blobs(storage, unwritten))
     writes.add_done_callback(_failure_seen)  # a failed write is logged by _write_blobs and answered below
 
     def stage(session: Session) -> tuple[list[Outcome], set[str]]:
@@ -330,8 +349,8 @@ async def store_batch(
             break
     except BlobsNotWritten:
         # A blob could not be written (disk full, storage down): nothing of the batch is indexed.
-        await delete_blobs(storage, keys.values())
-        await remove_files(item.path for item in received)
+        await delete_blobs(storage, [*keys.values(), *stored_copies])
+        await remove_files(item.path for item in received if item.key is None)
         outcomes += [
             refused(item.index, FailureReason.out_of_resources, "imaging.storage_failed",
                     "The file could not be written to storage.", item.header)
@@ -342,15 +361,16 @@ async def store_batch(
         await uow.commit()
         return outcomes
     except asyncio.CancelledError:
-        _settle_blobs_later(commit, writes, storage, keys)
+        _settle_blobs_later(commit, writes, storage, keys, stored_copies)
         raise
     except BaseException:
         await asyncio.wait([writes])  # let the writes finish, or the deletes below could race them
-        await delete_blobs(storage, keys.values())
+        await delete_blobs(storage, [*keys.values(), *stored_copies])
         raise
     await delete_blobs(storage, [key for uid, key in keys.items() if uid not in inserted])
     if copies:
-        await remove_files(copies)
+        await delete_blobs(storage, stored_copies)
+        await remove_files(item.path for item in copies if item.key is None)
     return everything
 
 
@@ -367,6 +387,7 @@ def _settle_blobs_later(
     writes: asyncio.Future[None],
     storage: BlobStorage,
     keys: dict[str, str],
+    stored_copies: Sequence[str],
 ) -> None:
     """The request was cancelled: once its blob writes and the transaction it started (if any) have ended, keep
     the blobs that committed rows name and delete the others."""
@@ -378,7 +399,7 @@ def _settle_blobs_later(
             if not commit.cancelled() and commit.exception() is None:
                 inserted = commit.result()[1]
         await asyncio.wait([writes])
-        await delete_blobs(storage, [key for uid, key in keys.items() if uid not in inserted])
+        await delete_blobs(storage, [*(key for uid, key in keys.items() if uid not in inserted), *stored_copies])
 
     task = asyncio.ensure_future(settle())
     _SETTLING.add(task)
@@ -536,6 +557,8 @@ async def _write_blobs(storage: BlobStorage, items: Sequence[tuple[Received, str
                 return False
         return True
 
+    if not items:  # every blob was stored before (store_blob_now)
+        return
     if len(items) == 1:  # one instance per request or association message: no tasks to gather
         written = [await write(*items[0])]
     else:

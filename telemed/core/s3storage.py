@@ -292,8 +292,11 @@ class S3Storage:
         if move:
             source.unlink(missing_ok=True)  # only once S3 holds the whole object
 
+    def put_file_blocking(self, key: str, source: Path, *, move: bool = False) -> None:
+        self._put_and_release(self._object_key(key), Path(source), move)
+
     async def put_file(self, key: str, source: Path, *, move: bool = False) -> None:
-        await asyncio.to_thread(self._put_and_release, self._object_key(key), Path(source), move)
+        await asyncio.to_thread(self.put_file_blocking, key, source, move=move)
 
     # ----------------------------------------------------------------------------------------------- reads
 

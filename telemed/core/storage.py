@@ -47,6 +47,11 @@ class BlobStorage(Protocol):
         when the call fails."""
         ...
 
+    def put_file_blocking(self, key: str, source: Path, *, move: bool = False) -> None:
+        """:meth:`put_file` for a thread that may block (a DICOM association's own): the same work, in the calling
+        thread instead of a worker thread of the event loop."""
+        ...
+
     async def get(self, key: str) -> bytes: ...
 
     async def size(self, key: str) -> int:
@@ -150,11 +155,14 @@ class FileStorage:
     async def put(self, key: str, data: bytes) -> None:
         await asyncio.to_thread(self._write_durably, key, data)
 
-    async def put_file(self, key: str, source: Path, *, move: bool = False) -> None:
+    def put_file_blocking(self, key: str, source: Path, *, move: bool = False) -> None:
         if move:
-            await asyncio.to_thread(self._move_durably, key, Path(source))
+            self._move_durably(key, Path(source))
         else:
-            await asyncio.to_thread(self._write_durably, key, Path(source))
+            self._write_durably(key, Path(source))
+
+    async def put_file(self, key: str, source: Path, *, move: bool = False) -> None:
+        await asyncio.to_thread(self.put_file_blocking, key, source, move=move)
 
     async def get(self, key: str) -> bytes:
         path = self._path(key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 import threading
@@ -303,3 +304,43 @@ def test_reactor_time_is_the_time_module_but_for_the_polls_of_accepted_associati
 
     assert slept == [0.001, 0.0001, 0.1]
     assert waited == ["waited"]
+
+
+async def test_an_association_moves_its_files_into_storage_and_a_move_that_fails_there_is_tried_again(
+    app: FastAPI, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The association's own thread moves each received file into storage (no hand-over to the loop's pool);
+    when that move fails, the file is still where pynetdicom wrote it, the loop's ingest stores it, and the
+    instance is stored once, with its blob."""
+    storage_type = type(app.state.ctx.storage)
+    real_put = storage_type.put_file_blocking
+    moved_in: list[str] = []
+    failures = [OSError(errno.EIO, "simulated I/O error")]
+
+    def watched(self: Any, key: str, source: Path, *, move: bool = False) -> None:
+        moved_in.append(threading.current_thread().name)
+        if failures:
+            raise failures.pop()
+        real_put(self, key, source, move=move)
+
+    monkeypatch.setattr(storage_type, "put_file_blocking", watched)
+    paths = small_study(tmp_path / "study", 2)
+
+    assert await asyncio.to_thread(_store_all, settings.dicom_port, paths) == [0x0000, 0x0000]
+
+    assert len(moved_in) == 3  # first instance: failed in the association, then stored by the loop's pool
+    assert moved_in[0] == moved_in[2] != moved_in[1]
+    assert await count_rows(app.state.ctx) == 2
+    assert await count_blobs(app.state.ctx) == 2
+
+
+async def test_an_instance_sent_again_keeps_one_blob_though_its_association_stored_the_second_copy(
+    app: FastAPI, settings: Settings, tmp_path: Path
+) -> None:
+    """The second copy is in storage before its transaction finds the instance indexed: it is deleted then."""
+    [path] = small_study(tmp_path / "study", 1)
+
+    assert await asyncio.to_thread(_store_all, settings.dicom_port, [path, path]) == [0x0000, 0x0000]
+
+    assert await count_rows(app.state.ctx) == 1
+    assert await count_blobs(app.state.ctx) == 1
