@@ -390,6 +390,8 @@ class DicomListener:
                 read = store_blob_now(self.ctx.storage, read)
             outcome = self._call(store_received_file(self.ctx, read, node))
         except Exception:
+            # A blob stored above is not deleted here: after a timeout, store_batch deletes it unless its row was
+            # committed; if the work never reached the loop, `telemed imaging repair` removes it (no row names it).
             log.exception("C-STORE could not be stored")
             return _status(_OUT_OF_RESOURCES, "imaging.storage_failed")
         if outcome.stored:
