@@ -148,6 +148,7 @@ class _DurableFloor:
     def write(self, data: bytes) -> tuple[str, ...]:
         """A STOW-RS part: header, hash, then the bytes written to a new file, durably."""
         from imaging.dicomfile import read_header
+        from telemed.core.storage import fsync_path
 
         header = read_header(io.BytesIO(data), default_charset="GB18030")
         target = self._target(header)
@@ -157,20 +158,17 @@ class _DurableFloor:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
-        _fsync_folder(target.parent)
+        fsync_path(target.parent)
         return self._row(header, data, target)
 
     def move(self, received: Path) -> tuple[str, ...]:
         """A C-STORE data set pynetdicom wrote to a file: header, hash, then the file moved into place, durably."""
         from imaging.dicomfile import read_header
+        from telemed.core.storage import fsync_path
 
         header = read_header(received, default_charset="GB18030")
         row = self._row(header, received, self._target(header))
-        descriptor = os.open(received, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+        fsync_path(received)
         target = Path(row[3])
         try:
             os.replace(received, target)
@@ -180,7 +178,7 @@ class _DurableFloor:
             self.write(received.read_bytes())  # --tmpdir on another file system than pynetdicom's temp files
             received.unlink()
             return row
-        _fsync_folder(target.parent)
+        fsync_path(target.parent)
         return row
 
     def commit(self, rows: list[tuple[str, ...]]) -> None:
@@ -226,14 +224,6 @@ class _DurableFloor:
         headers = [(b"content-type", b"application/dicom+json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-
-
-def _fsync_folder(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def main(argv: list[str]) -> int:

@@ -93,7 +93,7 @@ def check_range(chunk_size: int, start: int, length: int | None) -> None:
         raise ValueError("a byte range starts at 0 or later and has no negative length")
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     """fsync a file or a directory by name (a directory's fsync makes the names in it durable)."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
@@ -130,13 +130,13 @@ class FileStorage:
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
-        _fsync_path(target.parent)
+        fsync_path(target.parent)
 
     def _move_durably(self, key: str, source: Path) -> None:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         # The contents first: a rename does not flush them, and the key must never name a half-written file.
-        _fsync_path(source)
+        fsync_path(source)
         try:
             os.replace(source, target)
         except OSError as error:
@@ -150,7 +150,7 @@ class FileStorage:
         # instance): a journalling file system commits both with this fsync anyway, and where the old name could
         # come back after a crash, it is a spool file naming the same bytes, which ``telemed imaging repair``
         # removes like any other a crash leaves (the blob keeps its own name).
-        _fsync_path(target.parent)
+        fsync_path(target.parent)
 
     async def put(self, key: str, data: bytes) -> None:
         await asyncio.to_thread(self._write_durably, key, data)

@@ -307,7 +307,7 @@ def test_a_move_on_one_file_system_renames_after_fsync_and_syncs_the_new_folder(
     source.write_bytes(b"DICM" * 1000)
     source_inode = source.stat().st_ino
     events: list[tuple[str, Path]] = []
-    real_fsync, real_replace = storage_module._fsync_path, os.replace
+    real_fsync, real_replace = storage_module.fsync_path, os.replace
 
     def fsync(path: Path) -> None:
         events.append(("fsync", Path(path)))
@@ -317,7 +317,7 @@ def test_a_move_on_one_file_system_renames_after_fsync_and_syncs_the_new_folder(
         events.append(("rename", Path(src)))
         real_replace(src, dst)
 
-    monkeypatch.setattr(storage_module, "_fsync_path", fsync)
+    monkeypatch.setattr(storage_module, "fsync_path", fsync)
     monkeypatch.setattr(os, "replace", replace)
 
     files._move_durably("dicom/1.2/3.4/5.6.dcm", source)
