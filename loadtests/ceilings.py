@@ -152,12 +152,10 @@ class _DurableFloor:
 
         header = read_header(io.BytesIO(data), default_charset="GB18030")
         target = self._target(header)
-        descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(descriptor, data)
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+        with target.open("wb") as file:  # a buffered write: every byte, however the kernel splits the writes
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
         fsync_path(target.parent)
         return self._row(header, data, target)
 
