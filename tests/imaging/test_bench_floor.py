@@ -27,16 +27,16 @@ CEILINGS = Path(__file__).resolve().parents[2] / "loadtests" / "ceilings.py"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
-def _start(kind: str, port: int, data: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, str(CEILINGS), kind, str(port), str(data)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+def _start(kind: str, port: int, data: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as output:  # a file, not a pipe: nothing the server prints can block it
+        command = [sys.executable, str(CEILINGS), kind, str(port), str(data)]
+        return subprocess.Popen(command, stdout=output, stderr=output)
 
 
-def _wait_for_port(process: subprocess.Popen[bytes], port: int) -> None:
+def _wait_for_port(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+        assert process.poll() is None, log.read_text(errors="replace")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
@@ -47,10 +47,10 @@ def _wait_for_port(process: subprocess.Popen[bytes], port: int) -> None:
 
 @pytest.fixture
 def floor_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[int, Path]]:
-    port, data = free_port(), tmp_path / "floor"
-    process = _start(request.param, port, data)
+    port, data, log = free_port(), tmp_path / "floor", tmp_path / "floor.log"
+    process = _start(request.param, port, data, log)
     try:
-        _wait_for_port(process, port)
+        _wait_for_port(process, port, log)
         yield port, data
     finally:
         process.terminate()
