@@ -326,8 +326,13 @@ async def store_batch(
     keys = {uid: item.key or new_blob_key(item.header) for uid, item in primaries.items()}
     storage = uow.ctx.storage
     unwritten = [(item, keys[uid]) for uid, item in primaries.items() if item.key is None]
-    writes = asyncio.ensure_future(_write_blobs(storage, unwritten))
-    writes.add_done_callback(_failure_seen)  # a failed write is logged by _write_blobs and answered below
+    writes: asyncio.Future[None]
+    if unwritten:
+        writes = asyncio.ensure_future(_write_blobs(storage, unwritten))
+        writes.add_done_callback(_failure_seen)  # a failed write is logged by _write_blobs and answered below
+    else:  # every blob was stored before (store_blob_now, every C-STORE): no task to run for nothing
+        writes = asyncio.get_running_loop().create_future()
+        writes.set_result(None)
 
     def stage(session: Session) -> tuple[list[Outcome], set[str]]:
         staged, inserted = _stage_rows(session, items, keys, sender)
@@ -557,8 +562,6 @@ async def _write_blobs(storage: BlobStorage, items: Sequence[tuple[Received, str
                 return False
         return True
 
-    if not items:  # every blob was stored before (store_blob_now)
-        return
     if len(items) == 1:  # one instance per request or association message: no tasks to gather
         written = [await write(*items[0])]
     else:
